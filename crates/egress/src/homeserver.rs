@@ -1,0 +1,207 @@
+//! The homeserver.yaml keys egress reads, with type checks that name the key.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::{Mapping, Value};
+
+use crate::ConfigError;
+
+/// A homeserver.yaml, parsed. Only the keys egress knows are ever read;
+/// every other key is left alone.
+#[derive(Clone, Debug, Default)]
+pub struct HomeserverYaml {
+    map: Mapping,
+}
+
+/// A key's state: absent, present with `null`, or present with a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key<T> {
+    /// The key is not in the file.
+    Absent,
+    /// The key is present with `null` (or `~`, or nothing after the colon).
+    Null,
+    /// The key holds this value.
+    Value(T),
+}
+
+impl HomeserverYaml {
+    /// Parses YAML text. An empty document is an empty configuration.
+    pub fn parse(text: &str) -> Result<HomeserverYaml, ConfigError> {
+        Self::parse_at(text, Path::new("homeserver.yaml"))
+    }
+
+    /// Reads and parses a file.
+    pub fn read(path: &Path) -> Result<HomeserverYaml, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_at(&text, path)
+    }
+
+    fn parse_at(text: &str, path: &Path) -> Result<HomeserverYaml, ConfigError> {
+        let yaml_error = |problem: String| ConfigError::Yaml {
+            path: PathBuf::from(path),
+            problem,
+        };
+        let value: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(e.to_string()))?;
+        match value {
+            Value::Mapping(map) => Ok(HomeserverYaml { map }),
+            Value::Null => Ok(HomeserverYaml::default()),
+            other => Err(yaml_error(format!(
+                "the top level must be a mapping of keys, not {}",
+                kind(&other)
+            ))),
+        }
+    }
+
+    fn get(&self, key: &str) -> Key<&Value> {
+        match self.map.get(key) {
+            None => Key::Absent,
+            Some(Value::Null) => Key::Null,
+            Some(value) => Key::Value(value),
+        }
+    }
+
+    /// A string key such as `http_proxy`.
+    pub fn string(&self, key: &'static str) -> Result<Key<&str>, ConfigError> {
+        match self.get(key) {
+            Key::Absent => Ok(Key::Absent),
+            Key::Null => Ok(Key::Null),
+            Key::Value(Value::String(s)) => Ok(Key::Value(s)),
+            Key::Value(other) => Err(wrong_type(key, "a string", other)),
+        }
+    }
+
+    /// A boolean key such as `federation_verify_certificates`.
+    pub fn boolean(&self, key: &'static str) -> Result<Key<bool>, ConfigError> {
+        match self.get(key) {
+            Key::Absent => Ok(Key::Absent),
+            Key::Null => Ok(Key::Null),
+            Key::Value(Value::Bool(b)) => Ok(Key::Value(*b)),
+            Key::Value(other) => Err(wrong_type(key, "true or false", other)),
+        }
+    }
+
+    /// A list-of-strings key such as `no_proxy_hosts`.
+    pub fn strings(&self, key: &'static str) -> Result<Key<Vec<&str>>, ConfigError> {
+        let expected = "a list of strings";
+        match self.get(key) {
+            Key::Absent => Ok(Key::Absent),
+            Key::Null => Ok(Key::Null),
+            Key::Value(Value::Sequence(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.as_str()),
+                    other => Err(wrong_type(key, expected, other)),
+                })
+                .collect::<Result<_, _>>()
+                .map(Key::Value),
+            Key::Value(other) => Err(wrong_type(key, expected, other)),
+        }
+    }
+
+    /// A list of strings that may be spelled two ways (`ip_range_blacklist`
+    /// and `ip_range_blocklist`). Returns the key used and its state.
+    pub fn strings_either(
+        &self,
+        old: &'static str,
+        new: &'static str,
+    ) -> Result<(&'static str, Key<Vec<&str>>), ConfigError> {
+        match (self.map.contains_key(old), self.map.contains_key(new)) {
+            (true, true) => Err(ConfigError::BothSpellings(old, new)),
+            (false, true) => Ok((new, self.strings(new)?)),
+            _ => Ok((old, self.strings(old)?)),
+        }
+    }
+}
+
+fn wrong_type(key: &'static str, expected: &'static str, found: &Value) -> ConfigError {
+    ConfigError::WrongType {
+        key,
+        expected,
+        found: kind(found),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_keys_in_their_three_states() {
+        let y = HomeserverYaml::parse(
+            "http_proxy: http://p:1\nhttps_proxy: null\nno_proxy_hosts: []\n",
+        )
+        .unwrap();
+        assert_eq!(y.string("http_proxy").unwrap(), Key::Value("http://p:1"));
+        assert_eq!(y.string("https_proxy").unwrap(), Key::Null);
+        assert_eq!(y.string("other").unwrap(), Key::Absent);
+        assert_eq!(y.strings("no_proxy_hosts").unwrap(), Key::Value(vec![]));
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let y = HomeserverYaml::parse(
+            "http_proxy: 3128\nno_proxy_hosts: a.org\nlist: [a, 1]\nflag: yes-please\n",
+        )
+        .unwrap();
+        let e = y.string("http_proxy").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "homeserver.yaml key `http_proxy` must be a string, not a number"
+        );
+        let e = y.strings("no_proxy_hosts").unwrap_err().to_string();
+        assert!(
+            e.contains("`no_proxy_hosts` must be a list of strings, not a string"),
+            "{e}"
+        );
+        assert!(y.strings("list").is_err());
+        assert!(y.boolean("flag").is_err());
+    }
+
+    #[test]
+    fn both_spellings_are_an_error() {
+        let y = HomeserverYaml::parse("ip_range_blacklist: []\nip_range_blocklist: []\n").unwrap();
+        assert!(matches!(
+            y.strings_either("ip_range_blacklist", "ip_range_blocklist"),
+            Err(ConfigError::BothSpellings(..))
+        ));
+        let y = HomeserverYaml::parse("ip_range_blocklist: ['10.0.0.0/8']\n").unwrap();
+        let (key, value) = y
+            .strings_either("ip_range_blacklist", "ip_range_blocklist")
+            .unwrap();
+        assert_eq!(key, "ip_range_blocklist");
+        assert_eq!(value, Key::Value(vec!["10.0.0.0/8"]));
+    }
+
+    #[test]
+    fn bad_documents_are_errors() {
+        assert!(matches!(
+            HomeserverYaml::parse("- a\n- b\n"),
+            Err(ConfigError::Yaml { .. })
+        ));
+        assert!(matches!(
+            HomeserverYaml::parse("a: [\n"),
+            Err(ConfigError::Yaml { .. })
+        ));
+        assert!(HomeserverYaml::parse("").is_ok());
+        let e = HomeserverYaml::read(Path::new("/nonexistent/homeserver.yaml")).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/homeserver.yaml"),
+            "{e}"
+        );
+    }
+}

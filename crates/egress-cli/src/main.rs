@@ -1,1 +1,77 @@
-fn main() {}
+//! The `egress` command: see and test what a homeserver's outbound traffic does.
+
+mod explain;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use egress::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
+
+/// Exit code for a configuration error (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit code for a bad argument that clap cannot see (an unparseable URL).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "egress",
+    version,
+    about = "See and test a Matrix homeserver's outbound HTTP(S) through forward proxies",
+    long_about = "See and test a Matrix homeserver's outbound HTTP(S) through forward proxies.\n\n\
+        egress reads the proxy settings a homeserver reads: the environment variables \
+        http_proxy, https_proxy and no_proxy (any case; lower case wins) and, with --config, \
+        the homeserver.yaml keys http_proxy, https_proxy, no_proxy_hosts, the IP range \
+        blocklists and the TLS keys.\n\n\
+        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Explain(explain::Args),
+}
+
+/// Options shared by the commands that read the settings.
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    /// homeserver.yaml to read; its keys override the environment one by one.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// The effective settings from the process environment and the YAML.
+    pub fn settings(&self) -> Result<ProxySettings, ConfigError> {
+        let env = ProxyEnv::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        );
+        let yaml = self
+            .config
+            .as_deref()
+            .map(HomeserverYaml::read)
+            .transpose()?;
+        ProxySettings::new(&env, yaml.as_ref())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
+    match cli.command {
+        Command::Explain(args) => explain::run(args),
+    }
+}

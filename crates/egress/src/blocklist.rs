@@ -111,10 +111,31 @@ impl Blocklist {
         })
     }
 
+    /// The blocked ranges as configured (IPv6 forms of IPv4 ranges, and the
+    /// always-blocked `0.0.0.0` and `::`, not repeated).
+    pub fn ranges(&self) -> impl Iterator<Item = IpNet> + '_ {
+        configured(&self.blocked)
+    }
+
+    /// The allowlist ranges as configured.
+    pub fn allowed_ranges(&self) -> impl Iterator<Item = IpNet> + '_ {
+        configured(&self.allowed)
+    }
+
     /// True when `addr` is blocked.
     pub fn blocks(&self, addr: IpAddr) -> bool {
         self.check(addr).is_some()
     }
+}
+
+fn configured(list: &[Covered]) -> impl Iterator<Item = IpNet> + '_ {
+    let always: [IpNet; 2] = [
+        IpNet::from(IpAddr::from([0u8; 4])),
+        IpNet::from(IpAddr::from([0u8; 16])),
+    ];
+    list.iter()
+        .filter(move |c| c.net == c.configured && !always.contains(&c.net))
+        .map(|c| c.configured)
 }
 
 /// The parsed default ranges.
@@ -260,6 +281,8 @@ mod tests {
         assert!(!list.blocks(ip("2002:7f00:1::")));
         assert!(list.blocks(ip("10.0.0.1")));
         assert!(list.blocks(ip("::1")));
+        assert_eq!(list.allowed_ranges().collect::<Vec<_>>(), [loopback]);
+        assert_eq!(list.ranges().count(), DEFAULT_IP_RANGE_BLOCKLIST.len());
     }
 
     #[test]

@@ -65,5 +65,5 @@ pub use no_proxy::{NoProxy, NoProxyMatch};
 pub use proxy_url::{Credentials, ProxyScheme, ProxyUrl};
 pub use purpose::Purpose;
 pub use route::{Reason, Route, Scheme};
-pub use settings::{ProxySettings, Source};
+pub use settings::{Blocklists, ProxySettings, Source, Sourced};
 pub use tls_policy::TlsPolicy;

@@ -24,6 +24,8 @@ pub struct NoProxy {
     names: HashMap<Box<str>, Vec<Entry>>,
     /// IP address and CIDR entries.
     nets: Vec<(IpNet, Entry)>,
+    /// The accepted entries as written, in order.
+    accepted: Vec<Box<str>>,
     warnings: Vec<NoProxyWarning>,
 }
 
@@ -68,11 +70,12 @@ impl NoProxy {
             if raw.is_empty() {
                 continue;
             }
-            if let Err(problem) = no_proxy.add(raw) {
-                no_proxy.warnings.push(NoProxyWarning {
+            match no_proxy.add(raw) {
+                Ok(()) => no_proxy.accepted.push(raw.into()),
+                Err(problem) => no_proxy.warnings.push(NoProxyWarning {
                     entry: raw.to_owned(),
                     problem,
-                });
+                }),
             }
         }
         no_proxy
@@ -121,6 +124,12 @@ impl NoProxy {
     /// `warn`, by [`crate::ProxySettings`] when it compiles the value.
     pub fn warnings(&self) -> &[NoProxyWarning] {
         &self.warnings
+    }
+
+    /// The entries in use, as written, in order (`*` when everything bypasses).
+    pub fn entries(&self) -> impl Iterator<Item = &str> {
+        let all = self.all.then_some("*");
+        all.into_iter().chain(self.accepted.iter().map(|e| &**e))
     }
 
     /// True when nothing bypasses the proxy (empty or unset value).
@@ -302,6 +311,8 @@ mod tests {
         assert!(np.warnings()[0].to_string().contains("10.0.0.0/33"));
         assert!(np.matches("good.org", 443).is_some());
         assert!(np.matches("10.0.0.1", 443).is_none());
+        assert_eq!(np.entries().collect::<Vec<_>>(), ["good.org"]);
+        assert_eq!(NoProxy::parse(" * ").entries().collect::<Vec<_>>(), ["*"]);
 
         let np = NoProxy::parse("bad host,example.com:99999,[::1,ok.org");
         assert_eq!(np.warnings().len(), 3, "{:?}", np.warnings());

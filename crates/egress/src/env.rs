@@ -6,12 +6,22 @@
 //! decide what counts.
 
 /// A proxy-related variable that was found: its exact name and its value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` masks any password in the value.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EnvVar {
     /// The variable's name as spelled in the environment, e.g. `HTTPS_PROXY`.
     pub name: String,
     /// Its value (may hold a password: never log it unmasked).
     pub value: String,
+}
+
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvVar")
+            .field("name", &self.name)
+            .field("value", &crate::proxy_url::mask_password(&self.value))
+            .finish()
+    }
 }
 
 /// The effective `http`, `https` and `no` proxy variables of an environment.
@@ -181,6 +191,16 @@ mod tests {
         // A name ending in lower-case `_proxy` overrides in the second pass.
         let e = env(&[("Https_Proxy", "mixed:1"), ("HTTPS_proxy", "")]);
         assert_eq!(e.https, None);
+    }
+
+    #[test]
+    fn debug_masks_passwords() {
+        let e = env(&[("HTTPS_PROXY", "http://bob:hunter2@p:1")]);
+        let text = format!("{e:?}");
+        assert!(
+            !text.contains("hunter2") && text.contains("bob:***@p:1"),
+            "{text}"
+        );
     }
 
     #[test]

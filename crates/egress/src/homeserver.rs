@@ -7,10 +7,20 @@ use serde_yaml_ng::{Mapping, Value};
 use crate::ConfigError;
 
 /// A homeserver.yaml, parsed. Only the keys egress knows are ever read;
-/// every other key is left alone.
-#[derive(Clone, Debug, Default)]
+/// every other key is left alone. `Debug` lists the keys, never the values
+/// (they hold passwords and secrets).
+#[derive(Clone, Default)]
 pub struct HomeserverYaml {
     map: Mapping,
+}
+
+impl std::fmt::Debug for HomeserverYaml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.map.keys().filter_map(Value::as_str);
+        f.debug_struct("HomeserverYaml")
+            .field("keys", &keys.collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A key's state: absent, present with `null`, or present with a value.
@@ -185,6 +195,18 @@ mod tests {
             .unwrap();
         assert_eq!(key, "ip_range_blocklist");
         assert_eq!(value, Key::Value(vec!["10.0.0.0/8"]));
+    }
+
+    #[test]
+    fn debug_shows_keys_not_values() {
+        let y =
+            HomeserverYaml::parse("https_proxy: http://u:hunter2@p:1\nmacaroon_secret_key: s3\n")
+                .unwrap();
+        let text = format!("{y:?}");
+        assert!(
+            text.contains("https_proxy") && !text.contains("hunter2") && !text.contains("s3\""),
+            "{text}"
+        );
     }
 
     #[test]

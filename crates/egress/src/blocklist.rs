@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::ip_table::IpTable;
+
 /// Synapse's default `ip_range_blacklist`.
 pub const DEFAULT_IP_RANGE_BLOCKLIST: &[&str] = &[
     "127.0.0.0/8",
@@ -35,20 +37,13 @@ pub const DEFAULT_IP_RANGE_BLOCKLIST: &[&str] = &[
 /// Addresses every blocklist blocks, whatever it is configured to.
 pub const ALWAYS_BLOCKED: &[&str] = &["0.0.0.0/32", "::/128"];
 
-/// A configured range, and the network it covers (itself, or one of the IPv6
-/// forms of an IPv4 range).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Covered {
-    net: IpNet,
-    configured: IpNet,
-}
-
 /// A blocklist with its allowlist holes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocklist {
     name: &'static str,
-    blocked: Vec<Covered>,
-    allowed: Vec<Covered>,
+    /// Covered network → the range as configured.
+    blocked: IpTable<IpNet>,
+    allowed: IpTable<IpNet>,
 }
 
 /// Why an address is refused.
@@ -99,14 +94,14 @@ impl Blocklist {
     /// `Some` with the range that blocks `addr`, unless an allowlist range
     /// covers it.
     pub fn check(&self, addr: IpAddr) -> Option<Blocked> {
-        let hit = self.blocked.iter().find(|c| c.net.contains(&addr))?;
-        if self.allowed.iter().any(|c| c.net.contains(&addr)) {
+        let &(net, range) = self.blocked.find(addr, |_| true)?;
+        if self.allowed.find(addr, |_| true).is_some() {
             return None;
         }
         Some(Blocked {
             addr,
-            range: hit.configured,
-            via: (hit.net != hit.configured).then_some(hit.net),
+            range,
+            via: (net != range).then_some(net),
             list: self.name,
         })
     }
@@ -128,14 +123,14 @@ impl Blocklist {
     }
 }
 
-fn configured(list: &[Covered]) -> impl Iterator<Item = IpNet> + '_ {
+fn configured(list: &IpTable<IpNet>) -> impl Iterator<Item = IpNet> + '_ {
     let always: [IpNet; 2] = [
         IpNet::from(IpAddr::from([0u8; 4])),
         IpNet::from(IpAddr::from([0u8; 16])),
     ];
     list.iter()
-        .filter(move |c| c.net == c.configured && !always.contains(&c.net))
-        .map(|c| c.configured)
+        .filter(move |(net, range)| net == range && !always.contains(net))
+        .map(|&(_, range)| range)
 }
 
 /// The parsed default ranges.
@@ -146,23 +141,17 @@ pub fn default_ranges() -> Vec<IpNet> {
         .collect()
 }
 
-fn expand(ranges: impl Iterator<Item = IpNet>) -> Vec<Covered> {
-    let mut out = Vec::new();
-    for configured in ranges {
-        out.push(Covered {
-            net: configured,
-            configured,
-        });
-        if let IpNet::V4(v4) = configured {
+fn expand(ranges: impl Iterator<Item = IpNet>) -> IpTable<IpNet> {
+    let mut table = IpTable::default();
+    for range in ranges {
+        table.push(range, range);
+        if let IpNet::V4(v4) = range {
             for net in ipv6_forms(v4) {
-                out.push(Covered {
-                    net: IpNet::V6(net),
-                    configured,
-                });
+                table.push(IpNet::V6(net), range);
             }
         }
     }
-    out
+    table
 }
 
 /// The IPv4-compatible, IPv4-mapped and 6to4 forms of an IPv4 range.

@@ -50,6 +50,7 @@ pub mod blocklist;
 pub mod env;
 mod error;
 pub mod homeserver;
+mod ip_table;
 pub mod no_proxy;
 pub mod proxy_url;
 pub mod purpose;

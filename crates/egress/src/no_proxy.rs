@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::ip_table::IpTable;
 use crate::proxy_url::{parse_host_port, Host};
 
 /// Longest host name we compare (DNS allows 253 characters, plus a trailing dot).
@@ -23,7 +24,7 @@ pub struct NoProxy {
     /// Name entry (lower-case, no leading or trailing dots) → the entries for it.
     names: HashMap<Box<str>, Vec<Entry>>,
     /// IP address and CIDR entries.
-    nets: Vec<(IpNet, Entry)>,
+    nets: IpTable<Entry>,
     /// The accepted entries as written, in order.
     accepted: Vec<Box<str>>,
     warnings: Vec<NoProxyWarning>,
@@ -95,12 +96,11 @@ impl NoProxy {
             let net: IpNet = raw
                 .parse()
                 .map_err(|_| "not a valid IP range in CIDR notation".to_owned())?;
-            self.nets.push((net.trunc(), Entry { text, port: None }));
+            self.nets.push(net.trunc(), Entry { text, port: None });
             return Ok(());
         }
         if let Ok(ip) = raw.parse::<IpAddr>() {
-            self.nets
-                .push((IpNet::from(ip), Entry { text, port: None }));
+            self.nets.push(IpNet::from(ip), Entry { text, port: None });
             return Ok(());
         }
         if raw == "*" {
@@ -110,7 +110,7 @@ impl NoProxy {
         let name = raw.strip_prefix('*').unwrap_or(raw).trim_start_matches('.');
         let (host, port) = parse_host_port(name).map_err(|e| e.to_string())?;
         match host {
-            Host::Ip(ip) => self.nets.push((IpNet::from(ip), Entry { text, port })),
+            Host::Ip(ip) => self.nets.push(IpNet::from(ip), Entry { text, port }),
             Host::Name(name) => self
                 .names
                 .entry(name.into_boxed_str())
@@ -198,8 +198,7 @@ impl NoProxy {
             return Some(NoProxyMatch::Everything);
         }
         self.nets
-            .iter()
-            .find(|(net, entry)| net.contains(&ip) && entry.port.is_none_or(|p| p == port))
+            .find(ip, |entry| entry.port.is_none_or(|p| p == port))
             .map(|(_, entry)| NoProxyMatch::Entry(&entry.text))
     }
 }

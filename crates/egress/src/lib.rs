@@ -47,6 +47,8 @@
 #![warn(missing_docs)]
 
 pub mod blocklist;
+pub mod client;
+pub mod connect;
 pub mod env;
 mod error;
 pub mod homeserver;
@@ -59,8 +61,10 @@ pub mod settings;
 pub mod tls_policy;
 
 pub use blocklist::{Blocked, Blocklist};
+pub use client::{Body, Client, Outbound, OutboundBuilder};
+pub use connect::{Connector, Timeouts};
 pub use env::ProxyEnv;
-pub use error::ConfigError;
+pub use error::{ConfigError, Error};
 pub use homeserver::HomeserverYaml;
 pub use no_proxy::{NoProxy, NoProxyMatch};
 pub use proxy_url::{Credentials, ProxyScheme, ProxyUrl};

@@ -61,7 +61,7 @@ pub enum BlocklistKind {
 }
 
 /// Which certificate rules apply to a purpose's TLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TlsKind {
     /// System trust store; `use_insecure_ssl_client_just_for_testing_do_not_use`
     /// turns verification off.

@@ -1,0 +1,370 @@
+//! Turning a [`Route`] into a connected stream.
+//!
+//! Layers, each wrapping the one below:
+//! * TCP, direct with the purpose's blocklist on every DNS answer
+//!   ([`resolve::BlocklistResolver`] under hyper-util's `HttpConnector`, for
+//!   happy eyeballs), or to the proxy (its own address is never checked);
+//! * TLS to an `https://` proxy ([`tls`]);
+//! * `CONNECT host:port` through the proxy ([`tunnel`]);
+//! * TLS to the origin, inside the tunnel when there is one.
+//!
+//! [`Connector`] is a `tower::Service<Uri>` that decides the route and stacks
+//! the layers, for people who bring their own hyper client.
+
+pub mod resolve;
+pub mod stream;
+pub mod tls;
+pub mod tunnel;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tower_service::Service;
+
+use self::resolve::{BlockedAnswer, BlocklistResolver, Overrides};
+use self::stream::{ConnectedStream, Stream};
+use self::tls::TlsConfigs;
+use crate::purpose::{BlocklistKind, TlsKind};
+use crate::route::Scheme;
+use crate::{Blocklist, Error, ProxyScheme, ProxySettings, ProxyUrl, Purpose, Route};
+
+/// Time limits. Every network wait has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Name resolution plus TCP connect plus each TLS handshake (15 s).
+    pub connect: Duration,
+    /// The same for federation, key fetching and media (30 s).
+    pub federation_connect: Duration,
+    /// Waiting for the proxy's answer to CONNECT (15 s).
+    pub connect_reply: Duration,
+    /// A whole request, up to the response headers (60 s).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(15),
+            federation_connect: Duration::from_secs(30),
+            connect_reply: Duration::from_secs(15),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The connect limit for a purpose.
+    pub fn connect_for(&self, purpose: Purpose) -> Duration {
+        match purpose.tls() {
+            TlsKind::Federation => self.federation_connect,
+            _ => self.connect,
+        }
+    }
+}
+
+/// What the connectors share: settings, TLS configurations and TCP
+/// connectors, built once.
+pub(crate) struct Shared {
+    pub(crate) settings: Arc<ProxySettings>,
+    pub(crate) tls: TlsConfigs,
+    pub(crate) timeouts: Timeouts,
+    direct: [HttpConnector<BlocklistResolver>; 4],
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Arc<ProxySettings>, tls: TlsConfigs, timeouts: Timeouts, overrides: Overrides) -> Shared {
+        let lists = settings.blocklists();
+        let tcp = |list: Option<&Blocklist>| {
+            let mut http = HttpConnector::new_with_resolver(BlocklistResolver::new(list.cloned(), overrides.clone()));
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(timeouts.connect));
+            http
+        };
+        let direct = [tcp(None), tcp(Some(&lists.general)), tcp(Some(&lists.federation)), tcp(Some(&lists.url_preview))];
+        Shared {
+            settings,
+            tls,
+            timeouts,
+            direct,
+        }
+    }
+
+    /// The TCP connector for a purpose's blocklist (index 0: none).
+    fn tcp_for(&self, kind: Option<BlocklistKind>) -> HttpConnector<BlocklistResolver> {
+        let index = match kind {
+            None => 0,
+            Some(BlocklistKind::General) => 1,
+            Some(BlocklistKind::Federation) => 2,
+            Some(BlocklistKind::UrlPreview) => 3,
+        };
+        self.direct[index].clone()
+    }
+}
+
+/// Where a connection goes, once routed.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// The host to connect to (as in the URL; IPv6 with or without brackets).
+    pub host: &'a str,
+    /// The port.
+    pub port: u16,
+    /// The name TLS verifies and sends as SNI: the host, except for
+    /// federation, where it is the server name.
+    pub server_name: &'a str,
+    /// Which certificate rules apply.
+    pub tls: TlsKind,
+}
+
+/// Connects routes to streams for one purpose; also a `tower::Service<Uri>`.
+#[derive(Clone)]
+pub struct Connector {
+    shared: Arc<Shared>,
+    purpose: Purpose,
+}
+
+impl Connector {
+    pub(crate) fn new(shared: Arc<Shared>, purpose: Purpose) -> Connector {
+        Connector { shared, purpose }
+    }
+
+    /// The purpose this connector serves.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// Makes the connection `route` describes to `target`.
+    pub async fn connect(&self, route: &Route<'_>, target: &Target<'_>) -> Result<Stream, Error> {
+        let shared = &self.shared;
+        let connect_limit = shared.timeouts.connect_for(self.purpose);
+        let authority = tunnel::authority(target.host, target.port);
+        match route {
+            Route::Refused { reason } => Err(Error::Refused {
+                url: authority,
+                reason: reason.to_string(),
+            }),
+            Route::Direct { blocklist, .. } => {
+                // The route's list is the purpose's (none for purposes without one).
+                let tcp = shared.tcp_for(blocklist.and(self.purpose.blocklist()));
+                let stream = tcp_connect(tcp, target.host, target.port, connect_limit, || authority.clone()).await?;
+                match target.scheme {
+                    Scheme::Http => Ok(stream),
+                    Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
+                }
+            }
+            Route::Forward { proxy, .. } => self.proxy_stream(proxy, connect_limit).await,
+            Route::Tunnel { proxy, .. } => {
+                let stream = self.proxy_stream(proxy, connect_limit).await?;
+                let stream =
+                    tunnel::connect(stream, proxy, "https_proxy", &authority, shared.timeouts.connect_reply).await?;
+                match target.scheme {
+                    Scheme::Http => Ok(stream),
+                    Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
+                }
+            }
+        }
+    }
+
+    /// TCP (and TLS for an `https://` proxy) to the proxy.
+    async fn proxy_stream(&self, proxy: &ProxyUrl, limit: Duration) -> Result<Stream, Error> {
+        let host = proxy.host().to_string();
+        let tcp = self.shared.tcp_for(None);
+        let stream = tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await?;
+        match proxy.scheme() {
+            ProxyScheme::Http => Ok(stream),
+            ProxyScheme::Https => {
+                let name = bare(&host);
+                let kind = match self.purpose.tls() {
+                    TlsKind::Federation => TlsKind::Federation,
+                    _ => TlsKind::Regular,
+                };
+                let config = self.shared.tls.config(kind, name);
+                handshake(stream, config, name, format!("proxy {proxy}"), true, limit).await
+            }
+        }
+    }
+
+    async fn origin_tls(&self, stream: Stream, target: &Target<'_>, limit: Duration) -> Result<Stream, Error> {
+        let name = bare(target.server_name);
+        let config = self.shared.tls.config(target.tls, name);
+        handshake(stream, config, name, name.to_owned(), false, limit).await
+    }
+
+    /// Decides the route for `uri` and connects. Forwarding connections are
+    /// marked as proxied, so hyper-util's legacy client sends absolute-form
+    /// requests (it does not add `Proxy-Authorization`: see [`crate::Client`]).
+    pub async fn connect_uri(&self, uri: &Uri) -> Result<ConnectedStream, Error> {
+        let settings = self.shared.settings.clone();
+        let route = Route::decide(&settings, self.purpose, uri);
+        let target = target_of(uri, self.purpose)?;
+        let stream = self.connect(&route, &target).await?;
+        Ok(ConnectedStream {
+            stream,
+            forwarding_proxy: matches!(route, Route::Forward { .. }),
+        })
+    }
+}
+
+/// The [`Target`] of a URL for a purpose.
+pub(crate) fn target_of(uri: &Uri, purpose: Purpose) -> Result<Target<'_>, Error> {
+    let bad = |problem: &str| Error::BadUrl {
+        url: uri.to_string(),
+        problem: problem.to_owned(),
+    };
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        _ => return Err(bad("only http:// and https:// URLs can be requested")),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("the URL has no host"))?;
+    Ok(Target {
+        scheme,
+        host,
+        port: uri.port_u16().unwrap_or(scheme.default_port()),
+        server_name: host,
+        tls: purpose.tls(),
+    })
+}
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<ConnectedStream>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect_uri(&uri).await.map(TokioIo::new) })
+    }
+}
+
+fn bare(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// TCP connect through hyper-util's `HttpConnector` (happy eyeballs), with
+/// name resolution, and errors sorted into blocked / resolve / connect / timeout.
+async fn tcp_connect(
+    mut tcp: HttpConnector<BlocklistResolver>,
+    host: &str,
+    port: u16,
+    limit: Duration,
+    describe: impl Fn() -> String,
+) -> Result<Stream, Error> {
+    let uri: Uri = format!("http://{}", tunnel::authority(bare(host), port))
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| Error::BadUrl {
+            url: host.to_owned(),
+            problem: e.to_string(),
+        })?;
+    let attempt = tokio::time::timeout(limit, tcp.call(uri)).await;
+    let err = match attempt {
+        Ok(Ok(tcp)) => {
+            let tcp = tcp.into_inner();
+            tracing::debug!(peer = ?tcp.peer_addr().ok(), "connected to {}", describe());
+            return Ok(Stream::Tcp(tcp));
+        }
+        Ok(Err(err)) => err,
+        Err(_) => {
+            return Err(Error::Timeout {
+                step: format!("connecting to {}", describe()),
+                after: limit,
+            })
+        }
+    };
+    // hyper-util's ConnectError says "dns error" or "tcp connect error"; the cause is its source.
+    let is_dns = err.to_string().starts_with("dns error");
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(blocked) = cause.downcast_ref::<BlockedAnswer>() {
+            return Err(Error::Blocked {
+                host: blocked.host.clone(),
+                blocked: blocked.blocked,
+            });
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if let Some(blocked) = io.get_ref().and_then(|e| e.downcast_ref::<BlockedAnswer>()) {
+                return Err(Error::Blocked {
+                    host: blocked.host.clone(),
+                    blocked: blocked.blocked,
+                });
+            }
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return Err(Error::Timeout {
+                    step: format!("connecting to {}", describe()),
+                    after: limit,
+                });
+            }
+            let io = std::io::Error::new(io.kind(), io.to_string());
+            return Err(if is_dns {
+                Error::Resolve {
+                    host: host.to_owned(),
+                    source: io,
+                }
+            } else {
+                Error::Connect {
+                    target: describe(),
+                    source: io,
+                }
+            });
+        }
+        source = cause.source();
+    }
+    Err(Error::Connect {
+        target: describe(),
+        source: std::io::Error::other(err.to_string()),
+    })
+}
+
+/// A TLS handshake over `stream`, verifying `name` (a DNS name or IP address).
+async fn handshake(
+    stream: Stream,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+    peer: String,
+    is_proxy: bool,
+    limit: Duration,
+) -> Result<Stream, Error> {
+    let server_name = match name.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(name.to_owned()).map_err(|e| Error::Tls {
+            peer: peer.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match tokio::time::timeout(limit, connector.connect(server_name, stream)).await {
+        Ok(Ok(tls)) => {
+            tracing::debug!(peer, "TLS established");
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+        Ok(Err(io)) => {
+            let rustls_error = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+            match rustls_error {
+                Some(e @ rustls::Error::InvalidCertificate(_)) => Err(Error::Certificate {
+                    peer,
+                    is_proxy,
+                    source: e.clone(),
+                }),
+                _ => Err(Error::Tls { peer, source: io }),
+            }
+        }
+        Err(_) => Err(Error::Timeout {
+            step: format!("in the TLS handshake with {peer}"),
+            after: limit,
+        }),
+    }
+}

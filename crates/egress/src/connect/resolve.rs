@@ -1,0 +1,84 @@
+//! Name resolution for direct connections, with the purpose's blocklist
+//! applied to every answer: if any address is blocked, none is used.
+//!
+//! A `tower::Service<Name>`, so hyper-util's `HttpConnector` (happy eyeballs,
+//! connect timeout) does the connecting.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::dns::Name;
+use tower_service::Service;
+
+use crate::{Blocked, Blocklist};
+
+/// Host name → addresses that replace DNS for it (curl's `--resolve`, and tests).
+pub type Overrides = Arc<HashMap<String, Vec<IpAddr>>>;
+
+/// The error a resolver returns when an answer is blocked; found again by
+/// walking the error's sources.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to {blocked}")]
+pub struct BlockedAnswer {
+    /// The name.
+    pub host: String,
+    /// The blocked address and its range.
+    pub blocked: Blocked,
+}
+
+/// Resolves with the system resolver (or `overrides`) and refuses the whole
+/// answer if any address is in `blocklist`.
+#[derive(Clone)]
+pub struct BlocklistResolver {
+    blocklist: Option<Blocklist>,
+    overrides: Overrides,
+}
+
+impl BlocklistResolver {
+    /// A resolver applying `blocklist`, if any.
+    pub fn new(blocklist: Option<Blocklist>, overrides: Overrides) -> BlocklistResolver {
+        BlocklistResolver { blocklist, overrides }
+    }
+
+    /// Resolves `host` (port 0 in the answers; the connector sets the port).
+    pub async fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
+        let key = host.trim_end_matches('.').to_ascii_lowercase();
+        let addrs: Vec<SocketAddr> = match self.overrides.get(&key) {
+            Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+            None => tokio::net::lookup_host((host, 0)).await?.collect(),
+        };
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")));
+        }
+        if let Some(list) = &self.blocklist {
+            if let Some(blocked) = addrs.iter().find_map(|a| list.check(a.ip())) {
+                return Err(io::Error::other(BlockedAnswer {
+                    host: host.to_owned(),
+                    blocked,
+                }));
+            }
+        }
+        tracing::debug!(host, ?addrs, "resolved");
+        Ok(addrs)
+    }
+}
+
+impl Service<Name> for BlocklistResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.resolve(name.as_str()).await.map(Vec::into_iter) })
+    }
+}

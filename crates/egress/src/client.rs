@@ -80,7 +80,12 @@ impl OutboundBuilder {
     /// Loads the trust stores and builds the connectors.
     pub fn build(self) -> Result<Outbound, Error> {
         let tls = TlsConfigs::new(self.settings.tls(), &self.extra_cas)?;
-        let shared = Shared::new(Arc::new(self.settings), tls, self.timeouts, Arc::new(self.overrides));
+        let shared = Shared::new(
+            Arc::new(self.settings),
+            tls,
+            self.timeouts,
+            Arc::new(self.overrides),
+        );
         Ok(Outbound {
             shared: Arc::new(shared),
             pool: Arc::new(Pool {
@@ -140,7 +145,13 @@ impl Outbound {
 
     /// Idle pooled connections, all keys together.
     pub fn idle_connections(&self) -> usize {
-        self.pool.idle.lock().expect("pool lock").values().map(Vec::len).sum()
+        self.pool
+            .idle
+            .lock()
+            .expect("pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -162,11 +173,15 @@ impl Client {
 
     /// `GET url`.
     pub async fn get(&self, url: &str) -> Result<Response<Body>, Error> {
-        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::BadUrl {
-            url: url.to_owned(),
-            problem: e.to_string(),
-        })?;
-        let request = Request::get(uri).body(RequestBody::default()).expect("valid request");
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::BadUrl {
+                url: url.to_owned(),
+                problem: e.to_string(),
+            })?;
+        let request = Request::get(uri)
+            .body(RequestBody::default())
+            .expect("valid request");
         self.send(request).await
     }
 
@@ -183,7 +198,10 @@ impl Client {
         }
     }
 
-    async fn send_following(&self, mut request: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    async fn send_following(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<Body>, Error> {
         let mut hops = 0;
         loop {
             // A media redirect leaves Matrix: the hop uses the regular TLS rules.
@@ -191,11 +209,20 @@ impl Client {
                 (Purpose::Media, 1..) => TlsKind::Regular,
                 _ => self.purpose.tls(),
             };
-            let next = if self.max_redirects > 0 { Some(clone_request(&request)) } else { None };
+            let next = if self.max_redirects > 0 {
+                Some(clone_request(&request))
+            } else {
+                None
+            };
             let response = self.send_once(request, tls).await?;
-            let Some(mut next) = next else { return Ok(response) };
+            let Some(mut next) = next else {
+                return Ok(response);
+            };
             let status = response.status();
-            let location = response.headers().get(LOCATION).and_then(|l| l.to_str().ok());
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok());
             let Some(location) = location.filter(|_| status.is_redirection()) else {
                 return Ok(response);
             };
@@ -211,7 +238,8 @@ impl Client {
             })?;
             tracing::info!(target: "egress::wire", "< redirect {} to {target}", status.as_u16());
             let to_get = status == StatusCode::SEE_OTHER
-                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND) && next.method() == Method::POST);
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && next.method() == Method::POST);
             if to_get {
                 *next.method_mut() = Method::GET;
                 *next.body_mut() = RequestBody::default();
@@ -227,7 +255,11 @@ impl Client {
         }
     }
 
-    async fn send_once(&self, mut request: Request<RequestBody>, tls: TlsKind) -> Result<Response<Body>, Error> {
+    async fn send_once(
+        &self,
+        mut request: Request<RequestBody>,
+        tls: TlsKind,
+    ) -> Result<Response<Body>, Error> {
         let shared = &self.outbound.shared;
         let uri = request.uri().clone();
         let route = Route::decide(&shared.settings, self.purpose, &uri);
@@ -243,7 +275,11 @@ impl Client {
                 sender
             }
             None => {
-                let stream = self.outbound.connector(self.purpose).connect(&route, &target).await?;
+                let stream = self
+                    .outbound
+                    .connector(self.purpose)
+                    .connect(&route, &target)
+                    .await?;
                 let (sender, connection) = hyper::client::conn::http1::Builder::new()
                     .handshake(TokioIo::new(stream))
                     .await
@@ -265,10 +301,13 @@ impl Client {
             tracing::info!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
                 request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
         }
-        let response = sender.send_request(request).await.map_err(|source| Error::Http {
-            peer: key.peer(),
-            source,
-        })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| Error::Http {
+                peer: key.peer(),
+                source,
+            })?;
         tracing::info!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
         let pool = self.outbound.pool.clone();
         Ok(response.map(|incoming| Body::new(incoming, Return { pool, key, sender })))
@@ -293,14 +332,17 @@ fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Targe
     match route {
         Route::Forward { proxy, .. } => {
             if let Some(credentials) = proxy.credentials() {
-                request
-                    .headers_mut()
-                    .insert(PROXY_AUTHORIZATION, credentials.proxy_authorization().clone());
+                request.headers_mut().insert(
+                    PROXY_AUTHORIZATION,
+                    credentials.proxy_authorization().clone(),
+                );
             }
         }
         _ => {
             let origin_form = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            *request.uri_mut() = origin_form.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            *request.uri_mut() = origin_form
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
 }
@@ -362,7 +404,8 @@ impl PoolKey {
             Route::Forward { proxy: p, .. } => PoolKey {
                 kind: "forward",
                 // Credentials are part of what the proxy sees on every request.
-                proxy: proxy.map(|s| format!("{s}#{}", p.credentials().map(|c| c.user()).unwrap_or(""))),
+                proxy: proxy
+                    .map(|s| format!("{s}#{}", p.credentials().map(|c| c.user()).unwrap_or(""))),
                 origin: None,
                 tls: None,
             },
@@ -409,7 +452,9 @@ impl Pool {
                 let mut idle = self.idle.lock().expect("pool lock");
                 let list = idle.get_mut(key)?;
                 let now = Instant::now();
-                list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout);
+                list.retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+                });
                 let candidate = list.pop();
                 if list.is_empty() {
                     idle.remove(key);
@@ -418,7 +463,8 @@ impl Pool {
             };
             // Its last response is fully read; it is ready within a scheduler tick,
             // unless the server closed it.
-            let ready = tokio::time::timeout(Duration::from_secs(1), candidate.sender.ready()).await;
+            let ready =
+                tokio::time::timeout(Duration::from_secs(1), candidate.sender.ready()).await;
             if let Ok(Ok(())) = ready {
                 return Some(candidate.sender);
             }
@@ -455,7 +501,10 @@ pub struct Body {
 
 impl Body {
     fn new(inner: Incoming, ret: Return) -> Body {
-        let mut body = Body { inner, ret: Some(ret) };
+        let mut body = Body {
+            inner,
+            ret: Some(ret),
+        };
         if body.inner.is_end_stream() {
             body.release();
         }
@@ -473,7 +522,10 @@ impl HttpBody for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
@@ -506,9 +558,15 @@ mod tests {
     fn joins_locations() {
         let base: Uri = "https://a.example:8443/dir/page?q=1".parse().unwrap();
         let j = |l| join(&base, l).map(|u| u.to_string());
-        assert_eq!(j("https://b.example/x").as_deref(), Some("https://b.example/x"));
+        assert_eq!(
+            j("https://b.example/x").as_deref(),
+            Some("https://b.example/x")
+        );
         assert_eq!(j("//c.example/y").as_deref(), Some("https://c.example/y"));
         assert_eq!(j("/abs").as_deref(), Some("https://a.example:8443/abs"));
-        assert_eq!(j("rel?x=2").as_deref(), Some("https://a.example:8443/dir/rel?x=2"));
+        assert_eq!(
+            j("rel?x=2").as_deref(),
+            Some("https://a.example:8443/dir/rel?x=2")
+        );
     }
 }

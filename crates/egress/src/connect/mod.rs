@@ -80,16 +80,29 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(settings: Arc<ProxySettings>, tls: TlsConfigs, timeouts: Timeouts, overrides: Overrides) -> Shared {
+    pub(crate) fn new(
+        settings: Arc<ProxySettings>,
+        tls: TlsConfigs,
+        timeouts: Timeouts,
+        overrides: Overrides,
+    ) -> Shared {
         let lists = settings.blocklists();
         let tcp = |list: Option<&Blocklist>| {
-            let mut http = HttpConnector::new_with_resolver(BlocklistResolver::new(list.cloned(), overrides.clone()));
+            let mut http = HttpConnector::new_with_resolver(BlocklistResolver::new(
+                list.cloned(),
+                overrides.clone(),
+            ));
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(timeouts.connect));
             http
         };
-        let direct = [tcp(None), tcp(Some(&lists.general)), tcp(Some(&lists.federation)), tcp(Some(&lists.url_preview))];
+        let direct = [
+            tcp(None),
+            tcp(Some(&lists.general)),
+            tcp(Some(&lists.federation)),
+            tcp(Some(&lists.url_preview)),
+        ];
         Shared {
             settings,
             tls,
@@ -156,7 +169,10 @@ impl Connector {
             Route::Direct { blocklist, .. } => {
                 // The route's list is the purpose's (none for purposes without one).
                 let tcp = shared.tcp_for(blocklist.and(self.purpose.blocklist()));
-                let stream = tcp_connect(tcp, target.host, target.port, connect_limit, || authority.clone()).await?;
+                let stream = tcp_connect(tcp, target.host, target.port, connect_limit, || {
+                    authority.clone()
+                })
+                .await?;
                 match target.scheme {
                     Scheme::Http => Ok(stream),
                     Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
@@ -165,8 +181,14 @@ impl Connector {
             Route::Forward { proxy, .. } => self.proxy_stream(proxy, connect_limit).await,
             Route::Tunnel { proxy, .. } => {
                 let stream = self.proxy_stream(proxy, connect_limit).await?;
-                let stream =
-                    tunnel::connect(stream, proxy, "https_proxy", &authority, shared.timeouts.connect_reply).await?;
+                let stream = tunnel::connect(
+                    stream,
+                    proxy,
+                    "https_proxy",
+                    &authority,
+                    shared.timeouts.connect_reply,
+                )
+                .await?;
                 match target.scheme {
                     Scheme::Http => Ok(stream),
                     Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
@@ -179,7 +201,8 @@ impl Connector {
     async fn proxy_stream(&self, proxy: &ProxyUrl, limit: Duration) -> Result<Stream, Error> {
         let host = proxy.host().to_string();
         let tcp = self.shared.tcp_for(None);
-        let stream = tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await?;
+        let stream =
+            tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await?;
         match proxy.scheme() {
             ProxyScheme::Http => Ok(stream),
             ProxyScheme::Https => {
@@ -194,7 +217,12 @@ impl Connector {
         }
     }
 
-    async fn origin_tls(&self, stream: Stream, target: &Target<'_>, limit: Duration) -> Result<Stream, Error> {
+    async fn origin_tls(
+        &self,
+        stream: Stream,
+        target: &Target<'_>,
+        limit: Duration,
+    ) -> Result<Stream, Error> {
         let name = bare(target.server_name);
         let config = self.shared.tls.config(target.tls, name);
         handshake(stream, config, name, name.to_owned(), false, limit).await
@@ -226,7 +254,10 @@ pub(crate) fn target_of(uri: &Uri, purpose: Purpose) -> Result<Target<'_>, Error
         Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
         _ => return Err(bad("only http:// and https:// URLs can be requested")),
     };
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("the URL has no host"))?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("the URL has no host"))?;
     Ok(Target {
         scheme,
         host,
@@ -252,7 +283,9 @@ impl Service<Uri> for Connector {
 }
 
 fn bare(host: &str) -> &str {
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// TCP connect through hyper-util's `HttpConnector` (happy eyeballs), with

@@ -42,7 +42,10 @@ pub struct BlocklistResolver {
 impl BlocklistResolver {
     /// A resolver applying `blocklist`, if any.
     pub fn new(blocklist: Option<Blocklist>, overrides: Overrides) -> BlocklistResolver {
-        BlocklistResolver { blocklist, overrides }
+        BlocklistResolver {
+            blocklist,
+            overrides,
+        }
     }
 
     /// Resolves `host` (port 0 in the answers; the connector sets the port).
@@ -53,7 +56,10 @@ impl BlocklistResolver {
             None => tokio::net::lookup_host((host, 0)).await?.collect(),
         };
         if addrs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            ));
         }
         if let Some(list) = &self.blocklist {
             if let Some(blocked) = addrs.iter().find_map(|a| list.check(a.ip())) {

@@ -26,7 +26,9 @@ pub struct TlsConfigs {
 
 impl std::fmt::Debug for TlsConfigs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfigs").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("TlsConfigs")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +70,9 @@ impl TlsConfigs {
     /// `server_name` is what federation's whitelist is matched against.
     pub fn config(&self, kind: TlsKind, server_name: &str) -> Arc<ClientConfig> {
         match kind {
-            TlsKind::Federation if self.policy.federation_verifies(server_name) => self.federation.clone(),
+            TlsKind::Federation if self.policy.federation_verifies(server_name) => {
+                self.federation.clone()
+            }
             TlsKind::Federation => self.insecure.clone(),
             _ if self.policy.insecure_regular => self.insecure.clone(),
             _ => self.regular.clone(),
@@ -88,7 +92,10 @@ fn tls_config_error(e: rustls::Error) -> ConfigError {
     }
 }
 
-fn verified_config(provider: &Arc<CryptoProvider>, roots: RootCertStore) -> Result<ClientConfig, ConfigError> {
+fn verified_config(
+    provider: &Arc<CryptoProvider>,
+    roots: RootCertStore,
+) -> Result<ClientConfig, ConfigError> {
     Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(tls_config_error)?
@@ -105,12 +112,18 @@ fn system_roots() -> RootCertStore {
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
     tracing::debug!(added, ignored, "system trust store loaded");
     if added == 0 {
-        tracing::warn!("the system trust store holds no usable CA certificate: no TLS certificate will verify");
+        tracing::warn!(
+            "the system trust store holds no usable CA certificate: no TLS certificate will verify"
+        );
     }
     roots
 }
 
-fn add_pem_file(roots: &mut RootCertStore, file: &Path, key: &'static str) -> Result<(), ConfigError> {
+fn add_pem_file(
+    roots: &mut RootCertStore,
+    file: &Path,
+    key: &'static str,
+) -> Result<(), ConfigError> {
     let invalid = |problem: String| ConfigError::Invalid {
         key,
         problem: format!("{}: {problem}", file.display()),
@@ -152,7 +165,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -161,7 +179,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -59,18 +59,22 @@ pub async fn connect(
             .write_all(request.as_bytes())
             .await
             .map_err(|e| protocol(format!("cannot send the CONNECT request: {e}")))?;
-        stream.flush().await.map_err(|e| protocol(format!("cannot send the CONNECT request: {e}")))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| protocol(format!("cannot send the CONNECT request: {e}")))?;
         read_reply(&mut stream).await.map_err(protocol)
     };
-    let (status, status_line, auth_scheme, rest) = match tokio::time::timeout(reply_timeout, exchange).await {
-        Ok(reply) => reply?,
-        Err(_) => {
-            return Err(Error::Timeout {
-                step: format!("waiting for proxy {proxy} to answer CONNECT {target}"),
-                after: reply_timeout,
-            })
-        }
-    };
+    let (status, status_line, auth_scheme, rest) =
+        match tokio::time::timeout(reply_timeout, exchange).await {
+            Ok(reply) => reply?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    step: format!("waiting for proxy {proxy} to answer CONNECT {target}"),
+                    after: reply_timeout,
+                })
+            }
+        };
     tracing::info!(target: "egress::wire", "< {status_line} (from proxy)");
     let (proxy, target) = (proxy.to_string(), target.to_owned());
     match status {
@@ -104,11 +108,16 @@ pub async fn connect(
 /// Reads until the end of the reply's header block. Returns the status code,
 /// the status line, the scheme of `Proxy-Authenticate` (or `WWW-Authenticate`)
 /// and any bytes after the blank line.
-async fn read_reply(stream: &mut Stream) -> Result<(u16, String, Option<String>, BytesMut), String> {
+async fn read_reply(
+    stream: &mut Stream,
+) -> Result<(u16, String, Option<String>, BytesMut), String> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_REPLY_HEADER {
-            return Err(format!("its reply headers exceed {} KiB", MAX_REPLY_HEADER / 1024));
+            return Err(format!(
+                "its reply headers exceed {} KiB",
+                MAX_REPLY_HEADER / 1024
+            ));
         }
         buf.reserve(4096.min(MAX_REPLY_HEADER - buf.len()));
         let n = stream
@@ -119,7 +128,10 @@ async fn read_reply(stream: &mut Stream) -> Result<(u16, String, Option<String>,
             return Err(if buf.is_empty() {
                 "it closed the connection without replying".to_owned()
             } else {
-                format!("it closed the connection in the middle of its reply `{}`", preview(&buf))
+                format!(
+                    "it closed the connection in the middle of its reply `{}`",
+                    preview(&buf)
+                )
             });
         }
         let mut headers = [httparse::EMPTY_HEADER; 100];

@@ -1,0 +1,711 @@
+//! Real parts on loopback for the transport tests: a test CA, HTTP and HTTPS
+//! origins that record what they receive, squid (with and without basic
+//! auth), tinyproxy (with and without), stunnel in front of each (TLS
+//! proxies), and a small fake proxy for faults no real proxy produces.
+//!
+//! Started once per test binary; child processes die with it
+//! (PR_SET_PDEATHSIG, tied to a fixture thread that lives as long as the
+//! process).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub const USER: &str = "alice";
+/// Needs percent-encoding in a URL: `@ : /`.
+pub const PASSWORD: &str = "p@ss:w/rd";
+pub const PASSWORD_ENCODED: &str = "p%40ss%3Aw%2Frd";
+pub const WRONG_PASSWORD: &str = "wr0ng-secret";
+/// tinyproxy's config accepts only plain characters in a password.
+pub const TINY_PASSWORD: &str = "tiny-s3cret_pw";
+/// Host names squid resolves (hosts_file) and egress resolves (overrides) to 127.0.0.1.
+pub const TEST_NAMES: usize = 40;
+
+pub fn test_name(i: usize) -> String {
+    format!("t{i}.test")
+}
+
+/// The fixture runtime: origins and fake proxies run here, outside any test's runtime.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("fixture runtime")
+    })
+}
+
+/// Spawns children from one thread that lives until the process exits, so
+/// that PR_SET_PDEATHSIG (which follows the spawning thread) kills them only then.
+fn spawn(mut cmd: Command) -> Child {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    cmd.stdin(Stdio::null());
+    let (tx, rx) = mpsc::channel();
+    spawner.lock().unwrap().send((cmd, tx)).unwrap();
+    rx.recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot start a test server: {e}"))
+}
+
+fn require(binary: &str) -> PathBuf {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ] {
+        let path = Path::new(dir).join(binary);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!(
+        "`{binary}` is not installed: the transport tests need squid, tinyproxy and stunnel4 \
+         (run ./scripts/test, which installs them, or apt-get install squid tinyproxy stunnel4)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "{what} exited ({status}) before listening on 127.0.0.1:{port}; its log:\n{log}"
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("{what} did not listen on 127.0.0.1:{port} within 20 s; its log:\n{log}");
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("egress-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A certificate authority made at test time, and certificates it issues.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+    pub pem_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        let pem_path = dir.join(format!("{name}.pem"));
+        std::fs::write(&pem_path, &pem).unwrap();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+            pem_path,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IPs): (cert PEM, key PEM, combined file).
+    pub fn issue(&self, file: &str, names: &[&str]) -> (String, String, PathBuf) {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].clone());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        let path = self.dir.join(file);
+        std::fs::write(&path, format!("{cert_pem}{key_pem}")).unwrap();
+        (cert_pem, key_pem, path)
+    }
+}
+
+/// One request as an origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// An HTTP or HTTPS origin on 127.0.0.1 that records every request.
+/// `/status/N` answers N; `/redirect?to=URL` answers 302 to URL; `/loop`
+/// redirects to itself; anything
+/// else answers 200 with `origin <scheme> <path>`.
+pub struct Origin {
+    pub port: u16,
+    pub https: bool,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Origin {
+    pub fn start(tls: Option<rustls::ServerConfig>) -> Origin {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let std_listener = StdListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let https = tls.is_some();
+        let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+        let record = seen.clone();
+        runtime().spawn(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let record = record.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let record = record.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, https, &record)) }
+                    });
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(tcp).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Origin { port, https, seen }
+    }
+
+    /// Requests whose target contains `needle`.
+    pub fn seen(&self, needle: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.target.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!(
+            "{}://{host}:{}{path}",
+            if self.https { "https" } else { "http" },
+            self.port
+        )
+    }
+}
+
+fn answer(req: Request<Incoming>, https: bool, record: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
+    let target = req.uri().to_string();
+    record.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        target: target.clone(),
+        headers,
+    });
+    let path = req.uri().path();
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code = code.parse().unwrap_or(500);
+        return Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::from(format!("status {code}"))))
+            .unwrap();
+    }
+    if path == "/loop" {
+        return Response::builder()
+            .status(302)
+            .header("location", "/loop")
+            .body(Full::default())
+            .unwrap();
+    }
+    if let Some(to) = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("to="))
+        .filter(|_| path.starts_with("/redirect"))
+    {
+        return Response::builder()
+            .status(302)
+            .header("location", to)
+            .body(Full::default())
+            .unwrap();
+    }
+    let scheme = if https { "https" } else { "http" };
+    Response::new(Full::new(Bytes::from(format!("origin {scheme} {path}"))))
+}
+
+/// A server TLS config from PEM.
+pub fn server_tls(cert_pem: &str, key_pem: &str) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap()
+}
+
+/// squid with two ports: one open to loopback, one requiring basic auth.
+pub struct Squid {
+    pub open_port: u16,
+    pub auth_port: u16,
+    dir: PathBuf,
+    _child: Child,
+}
+
+impl Squid {
+    fn start() -> Squid {
+        let squid = require("squid");
+        let dir = temp_dir("squid");
+        let hash = Command::new("openssl")
+            .args(["passwd", "-apr1", PASSWORD])
+            .output()
+            .expect("openssl passwd");
+        assert!(hash.status.success());
+        std::fs::write(
+            dir.join("passwd"),
+            format!("{USER}:{}", String::from_utf8_lossy(&hash.stdout)),
+        )
+        .unwrap();
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for i in 0..TEST_NAMES {
+            hosts.push_str(&format!("127.0.0.1 {}\n", test_name(i)));
+        }
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        let (open_port, auth_port) = (free_port(), free_port());
+        let d = dir.display();
+        let conf = format!(
+            "http_port 127.0.0.1:{auth_port} name=authport\n\
+             http_port 127.0.0.1:{open_port} name=openport\n\
+             pid_filename {d}/squid.pid\n\
+             access_log stdio:{d}/access.log\n\
+             cache_log {d}/cache.log\n\
+             cache deny all\n\
+             hosts_file {d}/hosts\n\
+             dns_timeout 2 seconds\n\
+             auth_param basic program /usr/lib/squid/basic_ncsa_auth {d}/passwd\n\
+             acl open myportname openport\n\
+             acl authed proxy_auth REQUIRED\n\
+             http_access allow open\n\
+             http_access allow authed\n\
+             http_access deny all\n\
+             shutdown_lifetime 1 seconds\n"
+        );
+        std::fs::write(dir.join("squid.conf"), conf).unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "proxy"])
+            .arg(&dir)
+            .status();
+        let out = std::fs::File::create(dir.join("out.log")).unwrap();
+        let mut cmd = Command::new(squid);
+        cmd.arg("-f").arg(dir.join("squid.conf")).arg("-N");
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let mut child = spawn(cmd);
+        wait_for_port(&mut child, open_port, "squid", &dir.join("cache.log"));
+        wait_for_port(&mut child, auth_port, "squid", &dir.join("cache.log"));
+        Squid {
+            open_port,
+            auth_port,
+            dir,
+            _child: child,
+        }
+    }
+
+    /// Access log lines containing `needle`, waiting up to 5 s for at least `min` of them.
+    pub fn log_lines(&self, needle: &str, min: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= min || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// tinyproxy, open or with basic auth.
+pub struct Tinyproxy {
+    pub port: u16,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Tinyproxy {
+    fn start(auth: bool, connect_ports: &[u16]) -> Tinyproxy {
+        let tinyproxy = require("tinyproxy");
+        let dir = temp_dir(if auth { "tinyproxy-auth" } else { "tinyproxy" });
+        let port = free_port();
+        let mut conf = format!("Port {port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Connect\n");
+        if auth {
+            conf.push_str(&format!("BasicAuth {USER} {TINY_PASSWORD}\n"));
+        }
+        for p in connect_ports {
+            conf.push_str(&format!("ConnectPort {p}\n"));
+        }
+        std::fs::write(dir.join("tinyproxy.conf"), conf).unwrap();
+        let log = dir.join("out.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(tinyproxy);
+        cmd.arg("-d").arg("-c").arg(dir.join("tinyproxy.conf"));
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let mut child = spawn(cmd);
+        wait_for_port(&mut child, port, "tinyproxy", &log);
+        Tinyproxy {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    /// Log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// stunnel: TLS on `port` in front of a plain proxy port.
+pub struct Stunnel {
+    pub port: u16,
+    _child: Child,
+}
+
+impl Stunnel {
+    fn start(name: &str, cert_and_key: &Path, backend: u16) -> Stunnel {
+        let stunnel = require("stunnel4");
+        let dir = temp_dir(&format!("stunnel-{name}"));
+        let port = free_port();
+        let conf = format!(
+            "foreground = yes\npid =\n[{name}]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend}\ncert = {}\n",
+            cert_and_key.display()
+        );
+        std::fs::write(dir.join("stunnel.conf"), conf).unwrap();
+        let log = dir.join("out.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(stunnel);
+        cmd.arg(dir.join("stunnel.conf"));
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        let mut child = spawn(cmd);
+        wait_for_port(&mut child, port, "stunnel", &log);
+        Stunnel {
+            port,
+            _child: child,
+        }
+    }
+}
+
+/// Everything, started once.
+pub struct World {
+    pub dir: PathBuf,
+    pub ca: TestCa,
+    pub http_origin: Origin,
+    pub https_origin: Origin,
+    pub squid: Squid,
+    pub tinyproxy_open: Tinyproxy,
+    pub tinyproxy_auth: Tinyproxy,
+    pub tls_squid_open: Stunnel,
+    pub tls_squid_auth: Stunnel,
+    pub tls_tinyproxy_open: Stunnel,
+    pub tls_tinyproxy_auth: Stunnel,
+    /// TLS in front of squid's open port with a certificate from a CA nobody trusts.
+    pub untrusted_tls_squid: Stunnel,
+}
+
+pub fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = temp_dir("world");
+        let ca = TestCa::new(&dir, "egress-test-ca");
+        let mut names = vec!["localhost", "127.0.0.1", "::1"];
+        let test_names: Vec<String> = (0..TEST_NAMES).map(test_name).collect();
+        names.extend(test_names.iter().map(String::as_str));
+        let (cert, key, combined) = ca.issue("server.pem", &names);
+        let http_origin = Origin::start(None);
+        let https_origin = Origin::start(Some(server_tls(&cert, &key)));
+        let squid = Squid::start();
+        let ports = [http_origin.port, https_origin.port];
+        let tinyproxy_open = Tinyproxy::start(false, &ports);
+        let tinyproxy_auth = Tinyproxy::start(true, &ports);
+        let tls_squid_open = Stunnel::start("squid-open", &combined, squid.open_port);
+        let tls_squid_auth = Stunnel::start("squid-auth", &combined, squid.auth_port);
+        let tls_tinyproxy_open = Stunnel::start("tinyproxy-open", &combined, tinyproxy_open.port);
+        let tls_tinyproxy_auth = Stunnel::start("tinyproxy-auth", &combined, tinyproxy_auth.port);
+        let rogue = TestCa::new(&dir, "rogue-ca");
+        let (_, _, rogue_combined) = rogue.issue("rogue.pem", &["localhost", "127.0.0.1"]);
+        let untrusted_tls_squid = Stunnel::start("untrusted", &rogue_combined, squid.open_port);
+        World {
+            dir,
+            ca,
+            http_origin,
+            https_origin,
+            squid,
+            tinyproxy_open,
+            tinyproxy_auth,
+            tls_squid_open,
+            tls_squid_auth,
+            tls_tinyproxy_open,
+            tls_tinyproxy_auth,
+            untrusted_tls_squid,
+        }
+    })
+}
+
+/// A scripted fake proxy, for faults a real proxy cannot be made to produce.
+/// Each accepted connection reads the CONNECT request, then plays `script`.
+#[derive(Clone)]
+pub enum Fault {
+    /// Send these byte chunks (with a pause between them), then relay to `origin` if given.
+    Reply(Vec<Vec<u8>>, Option<u16>),
+    /// Close without a word.
+    Close,
+    /// Read the request and never answer.
+    Silent,
+    /// Answer 200, relay to the origin, and reset the connection after `n` bytes from it.
+    ResetAfter(u16, usize),
+}
+
+pub struct FakeProxy {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeProxy {
+    pub fn start(fault: Fault) -> FakeProxy {
+        let std_listener = StdListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        runtime().spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let fault = fault.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    match fault {
+                        Fault::Close => {}
+                        Fault::Silent => tokio::time::sleep(Duration::from_secs(3600)).await,
+                        Fault::Reply(chunks, origin) => {
+                            for c in chunks {
+                                if tcp.write_all(&c).await.is_err() {
+                                    return;
+                                }
+                                let _ = tcp.flush().await;
+                                tokio::time::sleep(Duration::from_millis(30)).await;
+                            }
+                            if let Some(port) = origin {
+                                if let Ok(mut up) =
+                                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                                {
+                                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+                                }
+                            } else {
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                        }
+                        Fault::ResetAfter(port, n) => {
+                            let _ = tcp
+                                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                                .await;
+                            let Ok(mut up) =
+                                tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                            else {
+                                return;
+                            };
+                            let (mut up_r, mut up_w) = up.split();
+                            let (mut r, mut w) = tcp.split();
+                            let to_origin = tokio::io::copy(&mut r, &mut up_w);
+                            let from_origin = async {
+                                let mut sent = 0;
+                                let mut b = [0u8; 1];
+                                while sent < n {
+                                    match up_r.read(&mut b).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(_) => {
+                                            let _ = w.write_all(&b).await;
+                                            sent += 1;
+                                        }
+                                    }
+                                }
+                            };
+                            tokio::select! { _ = to_origin => {}, _ = from_origin => {} }
+                            // SO_LINGER 0: close with a reset.
+                            let _ = socket2_linger(&tcp);
+                        }
+                    }
+                });
+            }
+        });
+        FakeProxy { port, requests }
+    }
+}
+
+fn socket2_linger(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Everything logged by egress in this test binary, at trace level.
+pub fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        logs
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Asserts nothing logged so far holds a test password, in any spelling.
+pub fn assert_no_password_logged() {
+    let logs = captured_logs().lock().unwrap();
+    let text = String::from_utf8_lossy(&logs);
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    for secret in [
+        PASSWORD,
+        PASSWORD_ENCODED,
+        WRONG_PASSWORD,
+        TINY_PASSWORD,
+        b64.as_str(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the logs hold a password ({secret})"
+        );
+    }
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}

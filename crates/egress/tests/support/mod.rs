@@ -533,7 +533,8 @@ pub fn world() -> &'static World {
 /// Each accepted connection reads the CONNECT request, then plays `script`.
 #[derive(Clone)]
 pub enum Fault {
-    /// Send these byte chunks (with a pause between them), then relay to `origin` if given.
+    /// Send these byte chunks (with a pause between them), then relay to `origin`
+    /// if given, or close.
     Reply(Vec<Vec<u8>>, Option<u16>),
     /// Close without a word.
     Close,
@@ -593,8 +594,6 @@ impl FakeProxy {
                                 {
                                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
                                 }
-                            } else {
-                                tokio::time::sleep(Duration::from_secs(2)).await;
                             }
                         }
                         Fault::ResetAfter(port, n) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use egress::{Blocklist, ProxySettings, ProxyUrl, Purpose, Route, Sourced};
 use serde_json::{json, Value};
 
-use crate::{ConfigArgs, EXIT_CONFIG, EXIT_USAGE};
+use crate::{parse_purpose, ConfigArgs, EXIT_CONFIG, EXIT_USAGE};
 
 /// Print how the homeserver would connect to each URL, and why.
 ///
@@ -53,11 +53,6 @@ pub struct Args {
     /// URLs to explain, e.g. https://matrix.org/
     #[arg(value_name = "URL", required_unless_present = "show_config")]
     urls: Vec<String>,
-}
-
-fn parse_purpose(s: &str) -> Result<Purpose, String> {
-    s.parse()
-        .map_err(|e: egress::purpose::UnknownPurpose| e.to_string())
 }
 
 pub fn run(args: Args) -> ExitCode {

@@ -1,6 +1,8 @@
 //! The `egress` command: see and test what a homeserver's outbound traffic does.
 
+mod exit;
 mod explain;
+mod fetch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,10 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use egress::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
 
-/// Exit code for a configuration error (sysexits EX_CONFIG).
-pub const EXIT_CONFIG: u8 = 78;
-/// Exit code for a bad argument that clap cannot see (an unparseable URL).
-pub const EXIT_USAGE: u8 = 2;
+pub use exit::{CONFIG as EXIT_CONFIG, USAGE as EXIT_USAGE};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Explain(explain::Args),
+    Fetch(fetch::Args),
 }
 
 /// Options shared by the commands that read the settings.
@@ -59,19 +59,37 @@ impl ConfigArgs {
     }
 }
 
+/// Parses a purpose name for clap.
+pub fn parse_purpose(s: &str) -> Result<egress::Purpose, String> {
+    s.parse()
+        .map_err(|e: egress::purpose::UnknownPurpose| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    // -v shows egress's wire log (target `egress::wire`) as bare lines;
+    // RUST_LOG, when set, decides instead.
+    let verbose = matches!(&cli.command, Command::Fetch(args) if args.verbose());
+    let default = if verbose {
+        "warn,egress::wire=info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    if verbose && std::env::var_os("RUST_LOG").is_none() {
+        builder.with_level(false).init();
+    } else {
+        builder.init();
+    }
     match cli.command {
         Command::Explain(args) => explain::run(args),
+        Command::Fetch(args) => fetch::run(args),
     }
 }

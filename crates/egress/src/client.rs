@@ -295,8 +295,11 @@ impl Client {
                 sender
             }
         };
-        if let Route::Forward { .. } = route {
+        if let Route::Forward { proxy, .. } = route {
             tracing::info!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
+            if let Some(credentials) = proxy.credentials() {
+                tracing::info!(target: "egress::wire", "> Proxy-Authorization: Basic *** (user {})", credentials.user());
+            }
         } else {
             tracing::info!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
                 request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
@@ -309,6 +312,29 @@ impl Client {
                 source,
             })?;
         tracing::info!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
+        if let Route::Forward { proxy, .. } = route {
+            // A forwarding proxy's own refusal: 407, or a 401 the proxy made
+            // itself (tinyproxy does), told from an origin's 401 by the absence
+            // of `Via`, which proxies add to the responses they relay.
+            let headers = response.headers();
+            let challenge = headers
+                .get(http::header::PROXY_AUTHENTICATE)
+                .or_else(|| headers.get(http::header::WWW_AUTHENTICATE));
+            let status = response.status().as_u16();
+            let from_proxy = !headers.contains_key(http::header::VIA);
+            if status == 407 || (status == 401 && from_proxy) {
+                return Err(Error::ProxyAuth {
+                    proxy: proxy.to_string(),
+                    target: crate::connect::tunnel::authority(target.host, target.port),
+                    status_line: format!("{:?} {}", response.version(), response.status()),
+                    scheme: challenge
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split_whitespace().next())
+                        .map(str::to_owned),
+                    key: "http_proxy",
+                });
+            }
+        }
         let pool = self.outbound.pool.clone();
         Ok(response.map(|incoming| Body::new(incoming, Return { pool, key, sender })))
     }

@@ -118,7 +118,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The proxy asks for credentials (407, or 401 from tinyproxy).
-    #[error("proxy {proxy} requires authentication for CONNECT {target}: it answered `{status_line}`{}. Check the user name and password in {key}", scheme.as_ref().map(|s| format!(" (Proxy-Authenticate: {s})")).unwrap_or_default())]
+    #[error("proxy {proxy} requires authentication for {target}: it answered `{status_line}`{}. Check the user name and password in {key}", scheme.as_ref().map(|s| format!(" (Proxy-Authenticate: {s})")).unwrap_or_default())]
     ProxyAuth {
         /// The proxy, password masked.
         proxy: String,

@@ -216,7 +216,29 @@ async fn wrong_password_is_a_proxy_auth_error() {
         (Proxy::Tinyproxy, w.tinyproxy_auth.port),
     ] {
         let url = format!("http://{USER}:{WRONG_PASSWORD}@localhost:{port}");
-        let out = outbound(&[("https_proxy", url.as_str())], "");
+        let out = outbound(
+            &[("https_proxy", url.as_str()), ("http_proxy", url.as_str())],
+            "",
+        );
+        // Forwarded: the proxy's own 407 (or tinyproxy's 401) is an error, not a response.
+        let err = get(
+            &out,
+            Purpose::Push,
+            &w.http_origin.url("localhost", "/wrong-password"),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::ProxyAuth {
+                    key: "http_proxy",
+                    ..
+                }
+            ),
+            "{proxy:?}: {err}"
+        );
+        assert!(w.http_origin.seen("/wrong-password").is_empty());
         let err = get(
             &out,
             Purpose::Push,
@@ -384,4 +406,18 @@ async fn redirects_are_routed_anew_and_limited() {
         .unwrap_err();
     assert!(matches!(err, Error::TooManyRedirects(10)), "{err}");
     assert_eq!(w.https_origin.seen("/loop").len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origins_401_through_a_forwarding_proxy_is_a_response() {
+    let w = world();
+    for proxy in [Proxy::Squid, Proxy::Tinyproxy] {
+        let url = proxy_url(proxy, true, false);
+        let out = outbound(&[("http_proxy", url.as_str())], "");
+        let target = w.http_origin.url("localhost", "/status/401");
+        let (status, body) = get(&out, Purpose::Push, &target)
+            .await
+            .unwrap_or_else(|e| panic!("{proxy:?}: {e}"));
+        assert_eq!((status, body.as_str()), (401, "status 401"), "{proxy:?}");
+    }
 }

@@ -1,5 +1,6 @@
 //! The `egress` command: see and test what a homeserver's outbound traffic does.
 
+mod doctor;
 mod exit;
 mod explain;
 mod fetch;
@@ -33,6 +34,7 @@ struct Cli {
 enum Command {
     Explain(explain::Args),
     Fetch(fetch::Args),
+    Doctor(doctor::Args),
 }
 
 /// Options shared by the commands that read the settings.
@@ -91,5 +93,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Explain(args) => explain::run(args),
         Command::Fetch(args) => fetch::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }

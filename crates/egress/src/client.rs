@@ -143,6 +143,10 @@ impl Outbound {
         Connector::new(self.shared.clone(), purpose)
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Idle pooled connections, all keys together.
     pub fn idle_connections(&self) -> usize {
         self.pool

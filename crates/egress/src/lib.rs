@@ -49,6 +49,7 @@
 pub mod blocklist;
 pub mod client;
 pub mod connect;
+pub mod doctor;
 pub mod env;
 mod error;
 pub mod homeserver;

@@ -112,7 +112,7 @@ impl Shared {
     }
 
     /// The TCP connector for a purpose's blocklist (index 0: none).
-    fn tcp_for(&self, kind: Option<BlocklistKind>) -> HttpConnector<BlocklistResolver> {
+    pub(crate) fn tcp_for(&self, kind: Option<BlocklistKind>) -> HttpConnector<BlocklistResolver> {
         let index = match kind {
             None => 0,
             Some(BlocklistKind::General) => 1,
@@ -290,7 +290,7 @@ fn bare(host: &str) -> &str {
 
 /// TCP connect through hyper-util's `HttpConnector` (happy eyeballs), with
 /// name resolution, and errors sorted into blocked / resolve / connect / timeout.
-async fn tcp_connect(
+pub(crate) async fn tcp_connect(
     mut tcp: HttpConnector<BlocklistResolver>,
     host: &str,
     port: u16,
@@ -363,7 +363,7 @@ async fn tcp_connect(
 }
 
 /// A TLS handshake over `stream`, verifying `name` (a DNS name or IP address).
-async fn handshake(
+pub(crate) async fn handshake(
     stream: Stream,
     config: Arc<rustls::ClientConfig>,
     name: &str,

@@ -66,6 +66,11 @@ impl TlsConfigs {
         })
     }
 
+    /// The configuration that accepts any certificate (for showing one that failed).
+    pub(crate) fn insecure(&self) -> Arc<ClientConfig> {
+        self.insecure.clone()
+    }
+
     /// The configuration for a TLS connection to `server_name` under `kind`.
     /// `server_name` is what federation's whitelist is matched against.
     pub fn config(&self, kind: TlsKind, server_name: &str) -> Arc<ClientConfig> {

@@ -421,3 +421,36 @@ async fn an_origins_401_through_a_forwarding_proxy_is_a_response() {
         assert_eq!((status, body.as_str()), (401, "status 401"), "{proxy:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connector_serves_hyper_utils_legacy_client() {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client as LegacyClient;
+    use hyper_util::rt::TokioExecutor;
+
+    let w = world();
+    let url = proxy_url(Proxy::Squid, true, false);
+    let out = outbound(&[("https_proxy", url.as_str())], "");
+    let client: LegacyClient<_, Full<bytes::Bytes>> =
+        LegacyClient::builder(TokioExecutor::new()).build(out.connector(Purpose::Push));
+    let host = test_name(8);
+    for i in 0..3 {
+        let uri = w
+            .https_origin
+            .url(&host, &format!("/legacy/{i}"))
+            .parse()
+            .unwrap();
+        let response = client.get(uri).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("origin https /legacy/{i}"));
+    }
+    drop(client);
+    drop(out);
+    let lines = w.squid.log_lines(&format!("CONNECT {host}:"), 1);
+    assert_eq!(
+        lines.len(),
+        1,
+        "the legacy client's pool reused the tunnel: {lines:?}"
+    );
+}

@@ -447,10 +447,15 @@ async fn the_connector_serves_hyper_utils_legacy_client() {
     }
     drop(client);
     drop(out);
+    // Every request went through a tunnel. (How many: hyper-util's pool may
+    // race a new connection against a returning one; egress's own pool is
+    // held to exactly one in `keep_alive_requests_share_one_tunnel`.)
     let lines = w.squid.log_lines(&format!("CONNECT {host}:"), 1);
-    assert_eq!(
-        lines.len(),
-        1,
-        "the legacy client's pool reused the tunnel: {lines:?}"
+    assert!(!lines.is_empty(), "no CONNECT for {host}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("TCP_TUNNEL/200") && l.contains(" alice ")),
+        "{lines:?}"
     );
 }

@@ -3,21 +3,13 @@
 #[path = "../../egress/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use support::*;
 
 fn doctor(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let w = world();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("SSL_CERT_FILE", &w.ca.pem_path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.arg("doctor").args(args).output().expect("egress runs")
+    run_egress(env!("CARGO_BIN_EXE_egress"), "doctor", env, args)
 }
 
 fn json(out: &Output) -> Value {

@@ -8,15 +8,7 @@ use std::process::{Command, Output};
 use support::*;
 
 fn fetch(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let w = world();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("SSL_CERT_FILE", &w.ca.pem_path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.arg("fetch").args(args).output().expect("egress runs")
+    run_egress(env!("CARGO_BIN_EXE_egress"), "fetch", env, args)
 }
 
 fn text(bytes: &[u8]) -> String {

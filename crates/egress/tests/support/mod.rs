@@ -127,6 +127,25 @@ fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
 }
 
 fn temp_dir(name: &str) -> PathBuf {
+    // Folders of earlier runs whose process is gone are removed first.
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("egress-test-")
+                .and_then(|r| r.split('-').next())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
     let dir = std::env::temp_dir().join(format!("egress-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -703,6 +722,27 @@ pub fn assert_no_password_logged() {
             "the logs hold a password ({secret})"
         );
     }
+}
+
+/// Runs the `egress` binary at `bin` with only PATH, the test CA as
+/// SSL_CERT_FILE, and `env` in its environment.
+pub fn run_egress(
+    bin: &str,
+    subcommand: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("SSL_CERT_FILE", &world().ca.pem_path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.arg(subcommand)
+        .args(args)
+        .output()
+        .expect("egress runs")
 }
 
 pub fn loopback(port: u16) -> SocketAddr {

@@ -1,0 +1,10 @@
+//! Federation through the proxy: server discovery, signed requests, server
+//! keys, remote media, and the 3PID public key validity check.
+
+pub mod discovery;
+pub mod server_name;
+pub mod signing;
+
+pub use discovery::{Discovery, Resolution};
+pub use server_name::{BadServerName, ServerName};
+pub use signing::{canonical_json, verify_json, SigningError, SigningKey};

@@ -218,7 +218,7 @@ impl Client {
             } else {
                 None
             };
-            let response = self.send_once(request, tls).await?;
+            let response = self.send_once(request, tls, None).await?;
             let Some(mut next) = next else {
                 return Ok(response);
             };
@@ -259,17 +259,59 @@ impl Client {
         }
     }
 
+    /// Sends a request to `host:port` instead of the URL's authority, as
+    /// federation does for SRV targets: TLS verification, SNI and `Host` still
+    /// use the URL's host. The route is decided for `host`. No redirects.
+    pub async fn send_to(
+        &self,
+        request: Request<RequestBody>,
+        host: &str,
+        port: u16,
+    ) -> Result<Response<Body>, Error> {
+        let limit = self.outbound.shared.timeouts.request;
+        match tokio::time::timeout(
+            limit,
+            self.send_once(request, self.purpose.tls(), Some((host, port))),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                step: "waiting for the response".to_owned(),
+                after: limit,
+            }),
+        }
+    }
+
     async fn send_once(
         &self,
         mut request: Request<RequestBody>,
         tls: TlsKind,
+        connect_to: Option<(&str, u16)>,
     ) -> Result<Response<Body>, Error> {
         let shared = &self.outbound.shared;
         let uri = request.uri().clone();
-        let route = Route::decide(&shared.settings, self.purpose, &uri);
-        tracing::info!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain());
         let mut target = target_of(&uri, self.purpose)?;
         target.tls = tls;
+        if let Some((host, port)) = connect_to {
+            target.host = host;
+            target.port = port;
+        }
+        let route = Route::for_target(
+            &shared.settings,
+            self.purpose,
+            target.scheme,
+            target.host,
+            target.port,
+        );
+        match connect_to {
+            Some((host, port)) => {
+                tracing::info!(target: "egress::wire", "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
+            }
+            None => {
+                tracing::info!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain())
+            }
+        }
         let key = PoolKey::new(&route, &target);
         prepare(&mut request, &route, &target);
 
@@ -348,12 +390,12 @@ impl Client {
 fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Target<'_>) {
     let uri = request.uri().clone();
     if !request.headers().contains_key(HOST) {
-        let host = if target.port == target.scheme.default_port() {
-            target.host.to_owned()
-        } else {
-            crate::connect::tunnel::authority(target.host, target.port)
-        };
-        if let Ok(value) = HeaderValue::from_str(&host) {
+        // The URL's authority as written, without any user info.
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(target.host);
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        if let Ok(value) = HeaderValue::from_str(host) {
             request.headers_mut().insert(HOST, value);
         }
     }

@@ -3,6 +3,7 @@
 mod doctor;
 mod exit;
 mod explain;
+mod federation;
 mod fetch;
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ enum Command {
     Explain(explain::Args),
     Fetch(fetch::Args),
     Doctor(doctor::Args),
+    Federation(federation::Args),
 }
 
 /// Options shared by the commands that read the settings.
@@ -94,5 +96,6 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Federation(args) => federation::run(args),
     }
 }

@@ -176,7 +176,8 @@ async fn tls_check(
     }
 }
 
-fn leaf_info(tls: &rustls::ClientConnection) -> Option<CertificateInfo> {
+/// The leaf certificate of a TLS session, if it parses.
+pub fn leaf_info(tls: &rustls::ClientConnection) -> Option<CertificateInfo> {
     let der = tls.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let names = cert

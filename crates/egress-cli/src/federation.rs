@@ -1,0 +1,349 @@
+//! `egress federation`: test federation through the proxy from inside the
+//! network, make signed requests, download remote media, make a signing key.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use egress::connect::Target;
+use egress::federation::{Federation, FederationError, ServerName, SigningKey, DEFAULT_MEDIA_LIMIT};
+use egress::purpose::TlsKind;
+use egress::{Outbound, Purpose, Route, Scheme};
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::{exit, ConfigArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    Test(TestArgs),
+    Get(GetArgs),
+    Media(MediaArgs),
+    GenerateKey(GenerateKeyArgs),
+}
+
+/// Options shared by the commands that talk to a server.
+#[derive(clap::Args)]
+struct NetArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+
+    /// Resolve HOST to ADDR instead of asking DNS (HOST:PORT:ADDR, as curl; the port is ignored).
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    resolve: Vec<String>,
+
+    /// DNS server for SRV lookups (ADDR:PORT); default: the system's.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_server: Option<SocketAddr>,
+
+    /// Also trust the CA certificates in this PEM file (regular TLS, e.g. a TLS proxy).
+    #[arg(long, value_name = "FILE")]
+    cacert: Vec<PathBuf>,
+}
+
+/// Signing options.
+#[derive(clap::Args)]
+struct SignArgs {
+    /// This server's name: the origin of signed requests.
+    #[arg(long, value_name = "NAME")]
+    origin: String,
+
+    /// The signing key, in Synapse's signing.key format.
+    #[arg(long, value_name = "FILE")]
+    signing_key: PathBuf,
+}
+
+/// Test federation with a server, through your proxy, step by step.
+///
+/// Prints each discovery step (well-known and its cache time, SRV answers,
+/// the targets in order), the route of each connection (proxy or direct, and
+/// why), the TLS certificate and its verification against the server name,
+/// /_matrix/federation/v1/version and the server keys with their checks. The
+/// last line is `federation OK` or `federation FAILED: <first reason>`.
+///
+/// Exit codes: 0 OK, 1 FAILED, 2 usage error, 78 configuration error.
+///
+/// Example:
+///
+///   HTTPS_PROXY=http://proxy.example:3128 egress federation test matrix.org
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+struct TestArgs {
+    #[command(flatten)]
+    net: NetArgs,
+
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+
+    /// The server name to test, e.g. matrix.org or example.com:8448.
+    server_name: String,
+}
+
+/// A signed federation GET; the body goes to stdout.
+///
+/// Exit codes: 0 for 2xx, 22 for another status, 1 when no target answers.
+///
+/// Example:
+///
+///   egress federation get matrix.org /_matrix/federation/v1/version --origin example.com --signing-key signing.key
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+struct GetArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    sign: SignArgs,
+    /// The server name.
+    server_name: String,
+    /// The path and query, e.g. /_matrix/federation/v1/version
+    path: String,
+}
+
+/// Download remote media (mxc://server/mediaId) through the proxy.
+///
+/// Uses the authenticated federation endpoint (signed), following a CDN
+/// redirect as a new, routed hop, and the legacy endpoint when the server
+/// does not know the new one.
+#[derive(clap::Args)]
+struct MediaArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    sign: SignArgs,
+    /// Where to write the media.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// The most bytes to download.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MEDIA_LIMIT)]
+    max_size: u64,
+    /// mxc://server/mediaId
+    mxc: String,
+}
+
+/// Write a new signing key in Synapse's signing.key format.
+#[derive(clap::Args)]
+struct GenerateKeyArgs {
+    /// The file to write (refuses to overwrite one).
+    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "signing.key")]
+    output: PathBuf,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    match args.command {
+        Sub::GenerateKey(a) => generate_key(a),
+        Sub::Test(a) => with_runtime(|| test(a)),
+        Sub::Get(a) => with_runtime(|| get(a)),
+        Sub::Media(a) => with_runtime(|| media(a)),
+    }
+}
+
+fn with_runtime<F: std::future::Future<Output = Result<u8, (u8, String)>>>(f: impl FnOnce() -> F) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let code = runtime.block_on(f()).unwrap_or_else(|(code, message)| {
+        eprintln!("egress: {message}");
+        code
+    });
+    ExitCode::from(code)
+}
+
+fn generate_key(args: GenerateKeyArgs) -> ExitCode {
+    let key = SigningKey::generate();
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&args.output);
+    match file.and_then(|mut f| f.write_all(key.to_file_line().as_bytes())) {
+        Ok(()) => {
+            println!("wrote {} ({}, public key {})", args.output.display(), key.key_id(), key.public_key());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egress: cannot write {}: {e}", args.output.display());
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn build(net: &NetArgs) -> Result<(Outbound, Federation), Failure> {
+    let settings = net.config.settings().map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+    let mut builder = Outbound::builder(settings);
+    for file in &net.cacert {
+        builder = builder.add_ca_file(file);
+    }
+    for entry in &net.resolve {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(host), Some(_), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err((exit::USAGE, format!("--resolve `{entry}`: expected HOST:PORT:ADDR")));
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let ip = addr.parse().map_err(|_| (exit::USAGE, format!("--resolve `{entry}`: `{addr}` is not an IP address")))?;
+        builder = builder.resolve(host, &[ip]);
+    }
+    let outbound = builder.build().map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+    let federation = Federation::new(outbound.clone(), net.dns_server).map_err(|e| (exit::FAILURE, e.to_string()))?;
+    Ok((outbound, federation))
+}
+
+fn signed(federation: Federation, sign: &SignArgs) -> Result<Federation, Failure> {
+    let text = std::fs::read_to_string(&sign.signing_key)
+        .map_err(|e| (exit::CONFIG, format!("cannot read {}: {e}", sign.signing_key.display())))?;
+    let key = SigningKey::parse(&text).map_err(|e| (exit::CONFIG, format!("{}: {e}", sign.signing_key.display())))?;
+    ServerName::parse(&sign.origin).map_err(|e| (exit::USAGE, format!("--origin: {e}")))?;
+    Ok(federation.with_signing_key(&sign.origin, key))
+}
+
+fn server_name(text: &str) -> Result<ServerName, Failure> {
+    ServerName::parse(text).map_err(|e| (exit::USAGE, e.to_string()))
+}
+
+async fn get(args: GetArgs) -> Result<u8, Failure> {
+    let server = server_name(&args.server_name)?;
+    let (_, federation) = build(&args.net)?;
+    let federation = signed(federation, &args.sign)?;
+    let (_, response) = federation
+        .request(Purpose::Federation, Method::GET, &server, &args.path, None)
+        .await
+        .map_err(|e| (exit::FAILURE, e.to_string()))?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| (exit::RECV, format!("reading the body failed: {e}")))?
+        .to_bytes();
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&body).and_then(|_| out.flush());
+    Ok(if status.is_success() { exit::OK } else { exit::HTTP_STATUS })
+}
+
+async fn media(args: MediaArgs) -> Result<u8, Failure> {
+    let rest = args
+        .mxc
+        .strip_prefix("mxc://")
+        .ok_or_else(|| (exit::USAGE, format!("`{}` is not an mxc:// URI", args.mxc)))?;
+    let (server, media_id) = rest
+        .split_once('/')
+        .filter(|(_, id)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        .ok_or_else(|| (exit::USAGE, format!("`{}` is not mxc://server/mediaId", args.mxc)))?;
+    let server = server_name(server)?;
+    let (_, federation) = build(&args.net)?;
+    let federation = signed(federation, &args.sign)?;
+    let partial = args.output.with_extension("part");
+    let mut file = std::fs::File::create(&partial).map_err(|e| (exit::FAILURE, format!("cannot write {}: {e}", partial.display())))?;
+    let result = federation.download_media(&server, media_id, &mut file, args.max_size).await;
+    drop(file);
+    match result {
+        Ok(content_type) => {
+            std::fs::rename(&partial, &args.output).map_err(|e| (exit::FAILURE, format!("cannot write {}: {e}", args.output.display())))?;
+            let size = std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0);
+            eprintln!("wrote {} ({size} bytes, {})", args.output.display(), content_type.as_deref().unwrap_or("no content type"));
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err((exit::FAILURE, e.to_string()))
+        }
+    }
+}
+
+/// One line of the test report.
+struct Report {
+    json: bool,
+    lines: Vec<Value>,
+}
+
+impl Report {
+    fn step(&mut self, section: &str, text: String) {
+        if !self.json {
+            println!("{section:10} {text}");
+        }
+        self.lines.push(json!({"step": section, "detail": text}));
+    }
+}
+
+async fn test(args: TestArgs) -> Result<u8, Failure> {
+    let server = server_name(&args.server_name)?;
+    let (outbound, federation) = build(&args.net)?;
+    let mut report = Report {
+        json: args.json,
+        lines: Vec::new(),
+    };
+    let outcome = run_test(&server, &outbound, &federation, &mut report).await;
+    let (ok, last) = match &outcome {
+        Ok(()) => (true, "federation OK".to_owned()),
+        Err(reason) => (false, format!("federation FAILED: {reason}")),
+    };
+    if args.json {
+        println!("{}", json!({"server_name": server.to_string(), "ok": ok, "steps": report.lines, "result": last}));
+    } else {
+        println!("{last}");
+    }
+    Ok(if ok { exit::OK } else { exit::FAILURE })
+}
+
+async fn run_test(server: &ServerName, outbound: &Outbound, federation: &Federation, report: &mut Report) -> Result<(), String> {
+    let resolution = federation.discovery().resolve(server).await;
+    for step in &resolution.steps {
+        report.step("discovery", step.clone());
+    }
+    let targets: Vec<String> = resolution.targets.iter().map(|(h, p)| egress::connect::tunnel::authority(h, *p)).collect();
+    report.step("targets", format!("{} (TLS name {}, Host {})", targets.join(", "), resolution.tls_name, resolution.host_header));
+    let settings = outbound.settings();
+    let mut first_error = None;
+    let mut reached = false;
+    for (host, port) in &resolution.targets {
+        let route = Route::for_target(settings, Purpose::Federation, Scheme::Https, host, *port);
+        report.step("route", format!("{host}:{port}: {}", route.explain()));
+        let target = Target {
+            scheme: Scheme::Https,
+            host,
+            port: *port,
+            server_name: &resolution.tls_name,
+            tls: TlsKind::Federation,
+        };
+        match outbound.connector(Purpose::Federation).connect(&route, &target).await {
+            Ok(stream) => {
+                if let Some(cert) = stream.tls().and_then(egress::doctor::leaf_info) {
+                    report.step(
+                        "tls",
+                        format!(
+                            "certificate for {}: subject {}, issuer {}, expires {}; verification OK",
+                            resolution.tls_name, cert.subject, cert.issuer, cert.not_after
+                        ),
+                    );
+                }
+                reached = true;
+                break;
+            }
+            Err(e) => {
+                report.step("tls", format!("{host}:{port}: {e}"));
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    if !reached {
+        return Err(first_error.unwrap_or_else(|| "no target".to_owned()));
+    }
+    let version = federation
+        .json(Purpose::Federation, Method::GET, server, "/_matrix/federation/v1/version", None)
+        .await
+        .map_err(|e: FederationError| e.to_string())?;
+    report.step(
+        "version",
+        format!(
+            "{} {}",
+            version["server"]["name"].as_str().unwrap_or("?"),
+            version["server"]["version"].as_str().unwrap_or("?")
+        ),
+    );
+    let keys = federation.server_keys(server).await.map_err(|e| e.to_string())?;
+    for check in &keys.checks {
+        report.step("keys", check.clone());
+    }
+    Ok(())
+}

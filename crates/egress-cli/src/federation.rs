@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use egress::connect::Target;
-use egress::federation::{Federation, FederationError, ServerName, SigningKey, DEFAULT_MEDIA_LIMIT};
+use egress::federation::{
+    Federation, FederationError, ServerName, SigningKey, DEFAULT_MEDIA_LIMIT,
+};
 use egress::purpose::TlsKind;
 use egress::{Outbound, Purpose, Route, Scheme};
 use http::Method;
@@ -132,7 +134,12 @@ struct MediaArgs {
 #[derive(clap::Args)]
 struct GenerateKeyArgs {
     /// The file to write (refuses to overwrite one).
-    #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "signing.key")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        default_value = "signing.key"
+    )]
     output: PathBuf,
 }
 
@@ -145,8 +152,13 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn with_runtime<F: std::future::Future<Output = Result<u8, (u8, String)>>>(f: impl FnOnce() -> F) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+fn with_runtime<F: std::future::Future<Output = Result<u8, (u8, String)>>>(
+    f: impl FnOnce() -> F,
+) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
     let code = runtime.block_on(f()).unwrap_or_else(|(code, message)| {
         eprintln!("egress: {message}");
         code
@@ -156,10 +168,18 @@ fn with_runtime<F: std::future::Future<Output = Result<u8, (u8, String)>>>(f: im
 
 fn generate_key(args: GenerateKeyArgs) -> ExitCode {
     let key = SigningKey::generate();
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&args.output);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&args.output);
     match file.and_then(|mut f| f.write_all(key.to_file_line().as_bytes())) {
         Ok(()) => {
-            println!("wrote {} ({}, public key {})", args.output.display(), key.key_id(), key.public_key());
+            println!(
+                "wrote {} ({}, public key {})",
+                args.output.display(),
+                key.key_id(),
+                key.public_key()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -172,7 +192,10 @@ fn generate_key(args: GenerateKeyArgs) -> ExitCode {
 type Failure = (u8, String);
 
 fn build(net: &NetArgs) -> Result<(Outbound, Federation), Failure> {
-    let settings = net.config.settings().map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+    let settings = net
+        .config
+        .settings()
+        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
     let mut builder = Outbound::builder(settings);
     for file in &net.cacert {
         builder = builder.add_ca_file(file);
@@ -180,21 +203,37 @@ fn build(net: &NetArgs) -> Result<(Outbound, Federation), Failure> {
     for entry in &net.resolve {
         let mut parts = entry.splitn(3, ':');
         let (Some(host), Some(_), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err((exit::USAGE, format!("--resolve `{entry}`: expected HOST:PORT:ADDR")));
+            return Err((
+                exit::USAGE,
+                format!("--resolve `{entry}`: expected HOST:PORT:ADDR"),
+            ));
         };
         let addr = addr.trim_start_matches('[').trim_end_matches(']');
-        let ip = addr.parse().map_err(|_| (exit::USAGE, format!("--resolve `{entry}`: `{addr}` is not an IP address")))?;
+        let ip = addr.parse().map_err(|_| {
+            (
+                exit::USAGE,
+                format!("--resolve `{entry}`: `{addr}` is not an IP address"),
+            )
+        })?;
         builder = builder.resolve(host, &[ip]);
     }
-    let outbound = builder.build().map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
-    let federation = Federation::new(outbound.clone(), net.dns_server).map_err(|e| (exit::FAILURE, e.to_string()))?;
+    let outbound = builder
+        .build()
+        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+    let federation = Federation::new(outbound.clone(), net.dns_server)
+        .map_err(|e| (exit::FAILURE, e.to_string()))?;
     Ok((outbound, federation))
 }
 
 fn signed(federation: Federation, sign: &SignArgs) -> Result<Federation, Failure> {
-    let text = std::fs::read_to_string(&sign.signing_key)
-        .map_err(|e| (exit::CONFIG, format!("cannot read {}: {e}", sign.signing_key.display())))?;
-    let key = SigningKey::parse(&text).map_err(|e| (exit::CONFIG, format!("{}: {e}", sign.signing_key.display())))?;
+    let text = std::fs::read_to_string(&sign.signing_key).map_err(|e| {
+        (
+            exit::CONFIG,
+            format!("cannot read {}: {e}", sign.signing_key.display()),
+        )
+    })?;
+    let key = SigningKey::parse(&text)
+        .map_err(|e| (exit::CONFIG, format!("{}: {e}", sign.signing_key.display())))?;
     ServerName::parse(&sign.origin).map_err(|e| (exit::USAGE, format!("--origin: {e}")))?;
     Ok(federation.with_signing_key(&sign.origin, key))
 }
@@ -218,7 +257,11 @@ async fn get(args: GetArgs) -> Result<u8, Failure> {
         .to_bytes();
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&body).and_then(|_| out.flush());
-    Ok(if status.is_success() { exit::OK } else { exit::HTTP_STATUS })
+    Ok(if status.is_success() {
+        exit::OK
+    } else {
+        exit::HTTP_STATUS
+    })
 }
 
 async fn media(args: MediaArgs) -> Result<u8, Failure> {
@@ -228,20 +271,48 @@ async fn media(args: MediaArgs) -> Result<u8, Failure> {
         .ok_or_else(|| (exit::USAGE, format!("`{}` is not an mxc:// URI", args.mxc)))?;
     let (server, media_id) = rest
         .split_once('/')
-        .filter(|(_, id)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-        .ok_or_else(|| (exit::USAGE, format!("`{}` is not mxc://server/mediaId", args.mxc)))?;
+        .filter(|(_, id)| {
+            !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .ok_or_else(|| {
+            (
+                exit::USAGE,
+                format!("`{}` is not mxc://server/mediaId", args.mxc),
+            )
+        })?;
     let server = server_name(server)?;
     let (_, federation) = build(&args.net)?;
     let federation = signed(federation, &args.sign)?;
     let partial = args.output.with_extension("part");
-    let mut file = std::fs::File::create(&partial).map_err(|e| (exit::FAILURE, format!("cannot write {}: {e}", partial.display())))?;
-    let result = federation.download_media(&server, media_id, &mut file, args.max_size).await;
+    let mut file = std::fs::File::create(&partial).map_err(|e| {
+        (
+            exit::FAILURE,
+            format!("cannot write {}: {e}", partial.display()),
+        )
+    })?;
+    let result = federation
+        .download_media(&server, media_id, &mut file, args.max_size)
+        .await;
     drop(file);
     match result {
         Ok(content_type) => {
-            std::fs::rename(&partial, &args.output).map_err(|e| (exit::FAILURE, format!("cannot write {}: {e}", args.output.display())))?;
-            let size = std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0);
-            eprintln!("wrote {} ({size} bytes, {})", args.output.display(), content_type.as_deref().unwrap_or("no content type"));
+            std::fs::rename(&partial, &args.output).map_err(|e| {
+                (
+                    exit::FAILURE,
+                    format!("cannot write {}: {e}", args.output.display()),
+                )
+            })?;
+            let size = std::fs::metadata(&args.output)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            eprintln!(
+                "wrote {} ({size} bytes, {})",
+                args.output.display(),
+                content_type.as_deref().unwrap_or("no content type")
+            );
             Ok(exit::OK)
         }
         Err(e) => {
@@ -279,20 +350,40 @@ async fn test(args: TestArgs) -> Result<u8, Failure> {
         Err(reason) => (false, format!("federation FAILED: {reason}")),
     };
     if args.json {
-        println!("{}", json!({"server_name": server.to_string(), "ok": ok, "steps": report.lines, "result": last}));
+        println!(
+            "{}",
+            json!({"server_name": server.to_string(), "ok": ok, "steps": report.lines, "result": last})
+        );
     } else {
         println!("{last}");
     }
     Ok(if ok { exit::OK } else { exit::FAILURE })
 }
 
-async fn run_test(server: &ServerName, outbound: &Outbound, federation: &Federation, report: &mut Report) -> Result<(), String> {
+async fn run_test(
+    server: &ServerName,
+    outbound: &Outbound,
+    federation: &Federation,
+    report: &mut Report,
+) -> Result<(), String> {
     let resolution = federation.discovery().resolve(server).await;
     for step in &resolution.steps {
         report.step("discovery", step.clone());
     }
-    let targets: Vec<String> = resolution.targets.iter().map(|(h, p)| egress::connect::tunnel::authority(h, *p)).collect();
-    report.step("targets", format!("{} (TLS name {}, Host {})", targets.join(", "), resolution.tls_name, resolution.host_header));
+    let targets: Vec<String> = resolution
+        .targets
+        .iter()
+        .map(|(h, p)| egress::connect::tunnel::authority(h, *p))
+        .collect();
+    report.step(
+        "targets",
+        format!(
+            "{} (TLS name {}, Host {})",
+            targets.join(", "),
+            resolution.tls_name,
+            resolution.host_header
+        ),
+    );
     let settings = outbound.settings();
     let mut first_error = None;
     let mut reached = false;
@@ -306,7 +397,11 @@ async fn run_test(server: &ServerName, outbound: &Outbound, federation: &Federat
             server_name: &resolution.tls_name,
             tls: TlsKind::Federation,
         };
-        match outbound.connector(Purpose::Federation).connect(&route, &target).await {
+        match outbound
+            .connector(Purpose::Federation)
+            .connect(&route, &target)
+            .await
+        {
             Ok(stream) => {
                 if let Some(cert) = stream.tls().and_then(egress::doctor::leaf_info) {
                     report.step(
@@ -330,7 +425,13 @@ async fn run_test(server: &ServerName, outbound: &Outbound, federation: &Federat
         return Err(first_error.unwrap_or_else(|| "no target".to_owned()));
     }
     let version = federation
-        .json(Purpose::Federation, Method::GET, server, "/_matrix/federation/v1/version", None)
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            server,
+            "/_matrix/federation/v1/version",
+            None,
+        )
         .await
         .map_err(|e: FederationError| e.to_string())?;
     report.step(
@@ -341,7 +442,10 @@ async fn run_test(server: &ServerName, outbound: &Outbound, federation: &Federat
             version["server"]["version"].as_str().unwrap_or("?")
         ),
     );
-    let keys = federation.server_keys(server).await.map_err(|e| e.to_string())?;
+    let keys = federation
+        .server_keys(server)
+        .await
+        .map_err(|e| e.to_string())?;
     for check in &keys.checks {
         report.step("keys", check.clone());
     }

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod matrix;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -36,6 +38,23 @@ pub const TINY_PASSWORD: &str = "tiny-s3cret_pw";
 /// Host names squid resolves (hosts_file) and egress resolves (overrides) to 127.0.0.1.
 pub const TEST_NAMES: usize = 40;
 
+/// Names of the federation tests, mapped to 127.0.0.1 in squid's hosts file.
+pub const FED_NAMES: &[&str] = &[
+    "hs1.test",
+    "delegated.test",
+    "hs3.test",
+    "backend.test",
+    "srv2.test",
+    "direct.test",
+    "untrusted.test",
+    "keys.test",
+    "badjson.test",
+    "nonstring.test",
+    "big.test",
+    "loop.test",
+    "dot.test",
+];
+
 pub fn test_name(i: usize) -> String {
     format!("t{i}.test")
 }
@@ -54,7 +73,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Spawns children from one thread that lives until the process exits, so
 /// that PR_SET_PDEATHSIG (which follows the spawning thread) kills them only then.
-fn spawn(mut cmd: Command) -> Child {
+pub fn spawn(mut cmd: Command) -> Child {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -80,7 +99,7 @@ fn spawn(mut cmd: Command) -> Child {
         .unwrap_or_else(|e| panic!("cannot start a test server: {e}"))
 }
 
-fn require(binary: &str) -> PathBuf {
+pub fn require(binary: &str) -> PathBuf {
     for dir in [
         "/usr/sbin",
         "/usr/bin",
@@ -108,7 +127,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
+pub fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
@@ -126,7 +145,7 @@ fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
     panic!("{what} did not listen on 127.0.0.1:{port} within 20 s; its log:\n{log}");
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+pub fn temp_dir(name: &str) -> PathBuf {
     // Folders of earlier runs whose process is gone are removed first.
     static SWEPT: OnceLock<()> = OnceLock::new();
     SWEPT.get_or_init(|| {
@@ -359,6 +378,9 @@ impl Squid {
         for i in 0..TEST_NAMES {
             hosts.push_str(&format!("127.0.0.1 {}\n", test_name(i)));
         }
+        for name in FED_NAMES {
+            hosts.push_str(&format!("127.0.0.1 {name}\n"));
+        }
         std::fs::write(dir.join("hosts"), hosts).unwrap();
         let (open_port, auth_port) = (free_port(), free_port());
         let d = dir.display();
@@ -469,7 +491,7 @@ pub struct Stunnel {
 }
 
 impl Stunnel {
-    fn start(name: &str, cert_and_key: &Path, backend: u16) -> Stunnel {
+    pub fn start(name: &str, cert_and_key: &Path, backend: u16) -> Stunnel {
         let stunnel = require("stunnel4");
         let dir = temp_dir(&format!("stunnel-{name}"));
         let port = free_port();

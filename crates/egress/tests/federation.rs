@@ -1,0 +1,367 @@
+//! Federation through squid against a real Synapse homeserver: discovery
+//! (well-known, SRV, explicit port), SNI and verification by server name,
+//! no_proxy on SRV targets, signed requests Synapse accepts or rejects,
+//! server keys, notary keys and remote media.
+
+mod support;
+
+use egress::federation::{Federation, FederationError, ServerName, SigningKey};
+use egress::{Error, HomeserverYaml, Outbound, ProxyEnv, ProxySettings, Purpose};
+use http::Method;
+use support::matrix::*;
+use support::*;
+
+fn federation(env: &[(&str, &str)], yaml: &str) -> Federation {
+    captured_logs();
+    let m = matrix();
+    let env = ProxyEnv::from_vars(env.iter().copied());
+    let settings = ProxySettings::new(&env, Some(&HomeserverYaml::parse(yaml).unwrap())).unwrap();
+    let outbound = Outbound::builder(settings)
+        .add_ca_file(&world().ca.pem_path)
+        .resolve("direct.test", &[std::net::Ipv4Addr::LOCALHOST.into()])
+        .build()
+        .unwrap();
+    let dns = format!("127.0.0.1:{}", m.dns_port).parse().unwrap();
+    Federation::new(outbound, Some(dns)).unwrap()
+}
+
+fn squid_env() -> String {
+    format!(
+        "http://{USER}:{PASSWORD_ENCODED}@localhost:{}",
+        world().squid.auth_port
+    )
+}
+
+/// Federation TLS trusts the test CA through federation_custom_ca_list.
+fn ca_yaml() -> String {
+    format!(
+        "federation_custom_ca_list: ['{}']\n",
+        world().ca.pem_path.display()
+    )
+}
+
+fn name(s: &str) -> ServerName {
+    ServerName::parse(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_discovery_through_squid_reaches_synapse() {
+    let m = matrix();
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    let resolution = fed.discovery().resolve(&name("hs1.test")).await;
+    assert_eq!(
+        resolution.targets,
+        vec![("hs1.test".to_owned(), m.tls_port)],
+        "{:?}",
+        resolution.steps
+    );
+    assert_eq!(resolution.tls_name, "hs1.test");
+    let version = fed
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            &name("hs1.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(version["server"]["name"], "Synapse");
+    let keys = fed.server_keys(&name("hs1.test")).await.unwrap();
+    assert_eq!(keys.server_name, "hs1.test");
+    assert!(!keys.verify_keys.is_empty());
+    drop(fed);
+    let lines = world()
+        .squid
+        .log_lines(&format!("CONNECT hs1.test:{}", m.tls_port), 1);
+    assert!(!lines.is_empty(), "squid saw no CONNECT to the SRV target");
+    assert_no_password_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn well_known_delegation_and_explicit_port() {
+    let m = matrix();
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    let resolution = fed.discovery().resolve(&name("delegated.test")).await;
+    assert_eq!(
+        resolution.targets,
+        vec![("hs1.test".to_owned(), m.tls_port)],
+        "{:?}",
+        resolution.steps
+    );
+    assert_eq!(resolution.host_header, format!("hs1.test:{}", m.tls_port));
+    assert!(
+        resolution.steps[0].contains("m.server is hs1.test"),
+        "{:?}",
+        resolution.steps
+    );
+    // The second time comes from the cache.
+    let again = fed.discovery().resolve(&name("delegated.test")).await;
+    assert!(again.steps[0].contains("cached"), "{:?}", again.steps);
+    let version = fed
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            &name("delegated.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(version["server"]["name"], "Synapse");
+
+    // An explicit port: our key server answers for keys.test:<port>.
+    let keys_name = format!("keys.test:{}", m.key_server_port);
+    let keys = fed.server_keys(&name(&keys_name)).await.unwrap();
+    assert_eq!(keys.server_name, keys_name);
+    // Synapse's keys say hs1.test, so hs1.test:<port> is another server: refused clearly.
+    let err = fed
+        .server_keys(&name(&format!("hs1.test:{}", m.tls_port)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`server_name` is hs1.test"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_server_name_not_the_srv_target() {
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    // hs3.test's SRV target is backend.test, whose certificate names only backend.test.
+    let err = fed
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            &name("hs3.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        FederationError::Unreachable { errors, .. } => {
+            assert!(
+                matches!(
+                    errors[0].1,
+                    Error::Certificate {
+                        is_proxy: false,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(errors[0].1.to_string().contains("hs3.test"), "{err}");
+        }
+        other => panic!("expected a certificate failure, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificates_pass_with_verification_off_or_whitelisted() {
+    let proxy = squid_env();
+    let untrusted = name("untrusted.test");
+    let version = "/_matrix/federation/v1/version";
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    let err = fed
+        .json(Purpose::Federation, Method::GET, &untrusted, version, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not accepted"), "{err}");
+    for yaml in [
+        "federation_verify_certificates: false\n",
+        "federation_certificate_verification_whitelist: ['*.TEST']\n",
+    ] {
+        let fed = federation(&[("https_proxy", &proxy)], yaml);
+        let answer = fed
+            .json(Purpose::Federation, Method::GET, &untrusted, version, None)
+            .await;
+        assert_eq!(answer.unwrap()["server"]["name"], "Synapse", "{yaml}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_proxy_on_the_srv_target_goes_direct() {
+    let proxy = squid_env();
+    // srv2.test's SRV target is direct.test; no_proxy names the target, not the server.
+    let yaml = format!("{}ip_range_whitelist: ['127.0.0.0/8']\n", ca_yaml());
+    let fed = federation(
+        &[("https_proxy", &proxy), ("no_proxy", "direct.test")],
+        &yaml,
+    );
+    let version = fed
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            &name("srv2.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(version["server"]["name"], "Synapse");
+    drop(fed);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        world().squid.log_lines("direct.test", 0).is_empty(),
+        "the proxy saw direct.test"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_accepts_our_signature_and_rejects_a_wrong_key() {
+    let m = matrix();
+    let proxy = squid_env();
+    let path = format!("/_matrix/federation/v1/query/profile?user_id=%40{SYNAPSE_USER}%3Ahs1.test");
+    let origin = m.origin_name();
+    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&origin, key);
+    let (_, response) = fed
+        .request(
+            Purpose::Federation,
+            Method::GET,
+            &name("hs1.test"),
+            &path,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "Synapse rejected a correctly signed request"
+    );
+
+    // Same key id as the published one, another key: the signature cannot verify.
+    let published = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
+    let version = published.key_id().trim_start_matches("ed25519:").to_owned();
+    let fresh = SigningKey::generate().to_file_line();
+    let seed = fresh.split_whitespace().nth(2).unwrap();
+    let impostor = SigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
+    let fed =
+        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&origin, impostor);
+    let (_, response) = fed
+        .request(
+            Purpose::Federation,
+            Method::GET,
+            &name("hs1.test"),
+            &path,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "Synapse accepted a wrong signature");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notary_keys_verify_and_tampering_fails() {
+    let m = matrix();
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    // Synapse as the notary for our key server's keys. Synapse answers a POST
+    // query from its cache only, so first make it fetch them: a signed request
+    // from our origin does.
+    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
+    let signed =
+        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&m.origin_name(), key);
+    let path = format!("/_matrix/federation/v1/query/profile?user_id=%40{SYNAPSE_USER}%3Ahs1.test");
+    let (_, response) = signed
+        .request(
+            Purpose::Federation,
+            Method::GET,
+            &name("hs1.test"),
+            &path,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answers = fed
+        .notary_keys(&name("hs1.test"), &m.origin_name())
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 1);
+    assert!(
+        answers[0]
+            .checks
+            .iter()
+            .any(|c| c.contains("signed by notary hs1.test")),
+        "{:?}",
+        answers[0].checks
+    );
+    // A tampered copy of Synapse's keys fails the self-signature check.
+    let mut value = fed
+        .json(
+            Purpose::KeyFetch,
+            Method::GET,
+            &name("hs1.test"),
+            "/_matrix/key/v2/server",
+            None,
+        )
+        .await
+        .unwrap();
+    value["valid_until_ts"] = serde_json::json!(value["valid_until_ts"].as_u64().unwrap() + 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let err = egress::federation::check_server_keys(&value, "hs1.test", now).unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_media_downloads_byte_for_byte_and_respects_the_limit() {
+    let m = matrix();
+    let proxy = squid_env();
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let media_id = upload_media(m, &bytes, "application/octet-stream");
+    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
+    let fed =
+        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&m.origin_name(), key);
+    let mut out = Vec::new();
+    let content_type = fed
+        .download_media(&name("hs1.test"), &media_id, &mut out, 50 * 1024 * 1024)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), bytes.len());
+    assert!(out == bytes, "the download differs from the upload");
+    assert_eq!(content_type.as_deref(), Some("application/octet-stream"));
+    let mut small = Vec::new();
+    let err = fed
+        .download_media(&name("hs1.test"), &media_id, &mut small, 1000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FederationError::TooLarge { limit: 1000 }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_well_known_answers_fall_back_with_a_clear_reason() {
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml());
+    for (server, needle) in [
+        ("badjson.test", "not JSON"),
+        ("nonstring.test", "`m.server` is not a string"),
+        ("big.test", "larger than 50 KiB"),
+        ("loop.test", "more than 10 redirects"),
+    ] {
+        let resolution = fed.discovery().resolve(&name(server)).await;
+        let steps = resolution.steps.join("\n");
+        assert!(steps.contains(needle), "{server}: {steps}");
+        // Falls back to SRV (none), then port 8448.
+        assert_eq!(
+            resolution.targets,
+            vec![(server.to_owned(), 8448)],
+            "{server}: {steps}"
+        );
+    }
+    let resolution = fed.discovery().resolve(&name("dot.test")).await;
+    let steps = resolution.steps.join("\n");
+    assert!(steps.contains("target is `.`"), "{steps}");
+    assert_eq!(resolution.targets, vec![("dot.test".to_owned(), 8448)]);
+}

@@ -365,3 +365,16 @@ async fn bad_well_known_answers_fall_back_with_a_clear_reason() {
     assert!(steps.contains("target is `.`"), "{steps}");
     assert_eq!(resolution.targets, vec![("dot.test".to_owned(), 8448)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_key_validity_goes_through_the_regular_proxied_client() {
+    let w = world();
+    let proxy = squid_env();
+    let fed = federation(&[("https_proxy", &proxy)], "");
+    let url = w.https_origin.url(&test_name(9), "/pubkey/isvalid");
+    assert!(fed.public_key_valid(&url, "good+key").await.unwrap());
+    assert!(!fed.public_key_valid(&url, "bad+key").await.unwrap());
+    drop(fed);
+    let lines = w.squid.log_lines(&format!("CONNECT {}:", test_name(9)), 1);
+    assert!(!lines.is_empty(), "the check did not go through the proxy");
+}

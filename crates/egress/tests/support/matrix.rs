@@ -38,6 +38,8 @@ pub struct Matrix {
     pub dns_port: u16,
     /// Our key server: its server name is `127.0.0.1:<port>`.
     pub key_server_port: u16,
+    /// Our key server for `wk.test`, which delegates to `keys.test:<port>` by well-known.
+    pub wk_server_port: u16,
     /// The key our key server publishes, for signing requests.
     pub key: Arc<SigningKey>,
     pub key_file: PathBuf,
@@ -200,11 +202,24 @@ fn start() -> Matrix {
     let tls_config = Arc::new(server_tls(&cert, &private));
     let key_server = StdListener::bind("127.0.0.1:0").unwrap();
     let key_server_port = key_server.local_addr().unwrap().port();
+    let wk_server = StdListener::bind("127.0.0.1:0").unwrap();
+    let wk_server_port = wk_server.local_addr().unwrap().port();
     let well_known = StdListener::bind("127.0.0.1:443").unwrap_or_else(|e| {
         panic!("the well-known test origin needs 127.0.0.1:443 (run the tests as root, as CI does): {e}")
     });
-    serve_matrix_origin(key_server, tls_config.clone(), key.clone(), tls.port);
-    serve_matrix_origin(well_known, tls_config, key.clone(), tls.port);
+    let ports = OriginPorts {
+        synapse_tls: tls.port,
+        wk_server: wk_server_port,
+    };
+    serve_matrix_origin(key_server, tls_config.clone(), key.clone(), ports, None);
+    serve_matrix_origin(
+        wk_server,
+        tls_config.clone(),
+        key.clone(),
+        ports,
+        Some("wk.test"),
+    );
+    serve_matrix_origin(well_known, tls_config, key.clone(), ports, None);
 
     let access_token = register_and_login(&venv, synapse_port);
     Matrix {
@@ -214,6 +229,7 @@ fn start() -> Matrix {
         untrusted_port: untrusted.port,
         dns_port,
         key_server_port,
+        wk_server_port,
         key,
         key_file,
         access_token,
@@ -337,11 +353,20 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
+#[derive(Clone, Copy)]
+struct OriginPorts {
+    synapse_tls: u16,
+    wk_server: u16,
+}
+
+/// Serves well-known answers, `/_matrix/federation/v1/version`, and server
+/// keys signed for `server_name` (or, without one, for the Host header).
 fn serve_matrix_origin(
     listener: StdListener,
     tls: Arc<rustls::ServerConfig>,
     key: Arc<SigningKey>,
-    synapse_tls_port: u16,
+    ports: OriginPorts,
+    server_name: Option<&'static str>,
 ) {
     listener.set_nonblocking(true).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -363,7 +388,8 @@ fn serve_matrix_origin(
                         Ok::<_, std::convert::Infallible>(matrix_answer(
                             req,
                             &key,
-                            synapse_tls_port,
+                            ports,
+                            server_name,
                         ))
                     }
                 });
@@ -378,7 +404,8 @@ fn serve_matrix_origin(
 fn matrix_answer(
     req: Request<Incoming>,
     key: &SigningKey,
-    synapse_tls_port: u16,
+    ports: OriginPorts,
+    server_name: Option<&str>,
 ) -> Response<Full<Bytes>> {
     let host = req
         .headers()
@@ -398,7 +425,11 @@ fn matrix_answer(
         "/.well-known/matrix/server" => match name.as_str() {
             "delegated.test" => json_response(
                 200,
-                json!({"m.server": format!("hs1.test:{synapse_tls_port}")}).to_string(),
+                json!({"m.server": format!("hs1.test:{}", ports.synapse_tls)}).to_string(),
+            ),
+            "wk.test" => json_response(
+                200,
+                json!({"m.server": format!("keys.test:{}", ports.wk_server)}).to_string(),
             ),
             "badjson.test" => json_response(200, "{not json".to_owned()),
             "nonstring.test" => json_response(200, json!({"m.server": 42}).to_string()),
@@ -418,6 +449,7 @@ fn matrix_answer(
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_millis() as u64;
+            let host = server_name.map_or(host, str::to_owned);
             let mut keys = json!({
                 "server_name": host,
                 "valid_until_ts": now + 3_600_000,

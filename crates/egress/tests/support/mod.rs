@@ -48,6 +48,7 @@ pub const FED_NAMES: &[&str] = &[
     "direct.test",
     "untrusted.test",
     "keys.test",
+    "wk.test",
     "badjson.test",
     "nonstring.test",
     "big.test",
@@ -312,6 +313,14 @@ fn answer(req: Request<Incoming>, https: bool, record: &Mutex<Vec<Seen>>) -> Res
         return Response::builder()
             .status(code)
             .body(Full::new(Bytes::from(format!("status {code}"))))
+            .unwrap();
+    }
+    if path == "/pubkey/isvalid" {
+        let valid = req.uri().query() == Some("public_key=good%2Bkey");
+        let body = format!("{{\"valid\":{valid}}}");
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
             .unwrap();
     }
     if path == "/loop" {

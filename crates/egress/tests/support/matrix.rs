@@ -28,8 +28,10 @@ pub const SYNAPSE_PASSWORD: &str = "synapse-user-pw-9";
 pub struct Matrix {
     /// Synapse's plain listener (client, federation, keys, media).
     pub synapse_port: u16,
-    /// TLS (certificate for hs1.test and srv2.test) in front of Synapse.
+    /// hs1.test's own TLS federation listener (certificate for hs1.test and srv2.test).
     pub tls_port: u16,
+    /// hs2.test's TLS federation listener; hs2.test delegates to it by well-known.
+    pub hs2_tls_port: u16,
     /// TLS with a certificate for backend.test only.
     pub backend_port: u16,
     /// TLS with a certificate from a CA nobody trusts, for untrusted.test.
@@ -89,25 +91,35 @@ pub fn matrix() -> &'static Matrix {
     }
 }
 
-fn start() -> Matrix {
-    let w = world();
-    let dir = temp_dir("matrix");
-    let mut children = Vec::new();
+/// A running Synapse: its plain port (client API, and behind stunnel) and
+/// its own TLS federation listener.
+struct Synapse {
+    plain_port: u16,
+    tls_port: u16,
+    child: Child,
+}
 
-    // Synapse, plain HTTP on loopback; TLS comes from stunnel in front.
-    let venv = venv();
-    let synapse_port = free_port();
+/// Generates a config for `server_name` in `dir` and starts Synapse with a
+/// plain listener and a TLS federation listener using `cert_and_key`.
+fn start_synapse(
+    venv: &std::path::Path,
+    dir: &std::path::Path,
+    server_name: &str,
+    cert: &str,
+    key: &str,
+) -> Synapse {
+    std::fs::create_dir_all(dir).unwrap();
     let out = Command::new(venv.join("bin/python"))
         .args([
             "-m",
             "synapse.app.homeserver",
             "--server-name",
-            "hs1.test",
+            server_name,
             "--config-path",
         ])
         .arg(dir.join("homeserver.yaml"))
         .args(["--generate-config", "--report-stats=no"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .expect("synapse generates its config");
     assert!(
@@ -115,9 +127,16 @@ fn start() -> Matrix {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let d = dir.display();
     let extra = format!(
-        "listeners:\n  - {{port: {synapse_port}, tls: false, type: http, bind_addresses: ['127.0.0.1'], \
-         resources: [{{names: [client, federation, keys, media]}}]}}\n\
+        "listeners:\n\
+         \x20 - {{port: {tls_port}, tls: true, type: http, bind_addresses: ['127.0.0.1'], resources: [{{names: [federation, keys, media]}}]}}\n\
+         \x20 - {{port: {plain_port}, tls: false, type: http, bind_addresses: ['127.0.0.1'], resources: [{{names: [client, federation, keys, media]}}]}}\n\
+         tls_certificate_path: {d}/tls.crt\n\
+         tls_private_key_path: {d}/tls.key\n\
          federation_ip_range_blacklist: []\n\
          ip_range_whitelist: ['127.0.0.0/8']\n\
          federation_verify_certificates: false\n\
@@ -136,21 +155,45 @@ fn start() -> Matrix {
         .arg(dir.join("homeserver.yaml"))
         .arg("-c")
         .arg(dir.join("extra.yaml"))
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
-    let mut synapse = spawn(cmd);
-    wait_for_port(&mut synapse, synapse_port, "synapse", &log);
-    children.push(synapse);
+    let mut child = spawn(cmd);
+    wait_for_port(&mut child, plain_port, "synapse", &log);
+    wait_for_port(&mut child, tls_port, "synapse", &log);
+    Synapse {
+        plain_port,
+        tls_port,
+        child,
+    }
+}
 
-    // TLS fronts.
-    let (_, _, main_cert) = w.ca.issue("hs1.pem", &["hs1.test", "srv2.test"]);
+fn start() -> Matrix {
+    let w = world();
+    let dir = temp_dir("matrix");
+    let mut children = Vec::new();
+    let venv = venv();
+
+    // Two Synapse homeservers, each with its own TLS federation listener:
+    // hs1.test (found by SRV) and hs2.test (found by well-known).
+    let (cert1, key1, _) = w.ca.issue("hs1.pem", &["hs1.test", "srv2.test"]);
+    let (cert2, key2, _) = w.ca.issue("hs2.pem", &["hs2.test"]);
+    let second = {
+        let (venv, dir) = (venv.clone(), dir.join("hs2"));
+        std::thread::spawn(move || start_synapse(&venv, &dir, "hs2.test", &cert2, &key2))
+    };
+    let hs1 = start_synapse(&venv, &dir.join("hs1"), "hs1.test", &cert1, &key1);
+    let hs2 = second.join().expect("the second Synapse starts");
+    let synapse_port = hs1.plain_port;
+    children.push(hs1.child);
+    children.push(hs2.child);
+
+    // TLS fronts with other certificates, in front of hs1's plain listener.
     let (_, _, backend_cert) = w.ca.issue("backend.pem", &["backend.test"]);
     let rogue = TestCa::new(&dir, "rogue-federation-ca");
     let (_, _, untrusted_cert) = rogue.issue("untrusted.pem", &["untrusted.test"]);
-    let tls = Stunnel::start("synapse-tls", &main_cert, synapse_port);
     let backend = Stunnel::start("synapse-backend", &backend_cert, synapse_port);
     let untrusted = Stunnel::start("synapse-untrusted", &untrusted_cert, synapse_port);
 
@@ -168,7 +211,7 @@ fn start() -> Matrix {
         "--user=root",
         &format!(
             "--srv-host=_matrix-fed._tcp.hs1.test,hs1.test,{},10,5",
-            tls.port
+            hs1.tls_port
         ),
         &format!(
             "--srv-host=_matrix-fed._tcp.hs3.test,backend.test,{},10,5",
@@ -176,7 +219,7 @@ fn start() -> Matrix {
         ),
         &format!(
             "--srv-host=_matrix-fed._tcp.srv2.test,direct.test,{},10,5",
-            tls.port
+            hs1.tls_port
         ),
         &format!(
             "--srv-host=_matrix-fed._tcp.untrusted.test,untrusted.test,{},10,5",
@@ -208,7 +251,8 @@ fn start() -> Matrix {
         panic!("the well-known test origin needs 127.0.0.1:443 (run the tests as root, as CI does): {e}")
     });
     let ports = OriginPorts {
-        synapse_tls: tls.port,
+        synapse_tls: hs1.tls_port,
+        hs2_tls: hs2.tls_port,
         wk_server: wk_server_port,
     };
     serve_matrix_origin(key_server, tls_config.clone(), key.clone(), ports, None);
@@ -224,7 +268,8 @@ fn start() -> Matrix {
     let access_token = register_and_login(&venv, synapse_port);
     Matrix {
         synapse_port,
-        tls_port: tls.port,
+        tls_port: hs1.tls_port,
+        hs2_tls_port: hs2.tls_port,
         backend_port: backend.port,
         untrusted_port: untrusted.port,
         dns_port,
@@ -356,6 +401,7 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 #[derive(Clone, Copy)]
 struct OriginPorts {
     synapse_tls: u16,
+    hs2_tls: u16,
     wk_server: u16,
 }
 
@@ -426,6 +472,10 @@ fn matrix_answer(
             "delegated.test" => json_response(
                 200,
                 json!({"m.server": format!("hs1.test:{}", ports.synapse_tls)}).to_string(),
+            ),
+            "hs2.test" => json_response(
+                200,
+                json!({"m.server": format!("hs2.test:{}", ports.hs2_tls)}).to_string(),
             ),
             "wk.test" => json_response(
                 200,

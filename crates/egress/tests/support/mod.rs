@@ -41,6 +41,7 @@ pub const TEST_NAMES: usize = 40;
 /// Names of the federation tests, mapped to 127.0.0.1 in squid's hosts file.
 pub const FED_NAMES: &[&str] = &[
     "hs1.test",
+    "hs2.test",
     "delegated.test",
     "hs3.test",
     "backend.test",

@@ -1,14 +1,13 @@
 //! `egress doctor`: check the settings and every configured proxy, step by step.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use egress::doctor::{check_proxy, Check};
-use egress::{Outbound, Purpose, Route};
+use egress::{Purpose, Route};
 use serde_json::json;
 
-use crate::{exit, ConfigArgs};
+use crate::{exit, NetArgs};
 
 /// Check the proxy settings and each configured proxy, the way the homeserver
 /// would use them: is the proxy reachable, does its TLS certificate verify
@@ -27,15 +26,11 @@ use crate::{exit, ConfigArgs};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArgs,
+    net: NetArgs,
 
     /// Where the CONNECT check asks the proxy to connect.
     #[arg(long, value_name = "HOST:PORT", default_value = "matrix.org:443")]
     target: String,
-
-    /// Also trust the CA certificates in this PEM file (for an https:// proxy).
-    #[arg(long, value_name = "FILE")]
-    cacert: Vec<PathBuf>,
 
     /// One JSON object: settings, checks, routes.
     #[arg(long)]
@@ -43,20 +38,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let settings = match args.config.settings() {
-        Ok(settings) => settings,
-        Err(err) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"settings": {"ok": false, "error": err.to_string()}, "checks": [], "routes": []})
-                );
-            } else {
-                println!("FAIL  settings: {err}");
-            }
-            return ExitCode::from(exit::CONFIG);
-        }
-    };
     let Some((host, port)) = args
         .target
         .rsplit_once(':')
@@ -65,15 +46,18 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("egress: --target `{}`: expected HOST:PORT", args.target);
         return ExitCode::from(exit::USAGE);
     };
-    let mut builder = Outbound::builder(settings);
-    for file in &args.cacert {
-        builder = builder.add_ca_file(file);
-    }
-    let outbound = match builder.build() {
+    let outbound = match args.net.outbound() {
         Ok(outbound) => outbound,
-        Err(err) => {
-            println!("FAIL  settings: {err}");
-            return ExitCode::from(exit::CONFIG);
+        Err((code, message)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"settings": {"ok": false, "error": message}, "checks": [], "routes": []})
+                );
+            } else {
+                println!("FAIL  settings: {message}");
+            }
+            return ExitCode::from(code);
         }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

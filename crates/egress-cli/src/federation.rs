@@ -15,7 +15,7 @@ use egress::{Outbound, Purpose, Route, Scheme};
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::{exit, ConfigArgs};
+use crate::{exit, Failure, NetArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,21 +33,13 @@ enum Sub {
 
 /// Options shared by the commands that talk to a server.
 #[derive(clap::Args)]
-struct NetArgs {
+struct FedNetArgs {
     #[command(flatten)]
-    config: ConfigArgs,
-
-    /// Resolve HOST to ADDR instead of asking DNS (HOST:PORT:ADDR, as curl; the port is ignored).
-    #[arg(long, value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<String>,
+    net: NetArgs,
 
     /// DNS server for SRV lookups (ADDR:PORT); default: the system's.
     #[arg(long, value_name = "ADDR:PORT")]
     dns_server: Option<SocketAddr>,
-
-    /// Also trust the CA certificates in this PEM file (regular TLS, e.g. a TLS proxy).
-    #[arg(long, value_name = "FILE")]
-    cacert: Vec<PathBuf>,
 }
 
 /// Signing options.
@@ -79,7 +71,7 @@ struct SignArgs {
 #[command(verbatim_doc_comment)]
 struct TestArgs {
     #[command(flatten)]
-    net: NetArgs,
+    net: FedNetArgs,
 
     /// One JSON object instead of text.
     #[arg(long)]
@@ -100,7 +92,7 @@ struct TestArgs {
 #[command(verbatim_doc_comment)]
 struct GetArgs {
     #[command(flatten)]
-    net: NetArgs,
+    net: FedNetArgs,
     #[command(flatten)]
     sign: SignArgs,
     /// The server name.
@@ -117,7 +109,7 @@ struct GetArgs {
 #[derive(clap::Args)]
 struct MediaArgs {
     #[command(flatten)]
-    net: NetArgs,
+    net: FedNetArgs,
     #[command(flatten)]
     sign: SignArgs,
     /// Where to write the media.
@@ -189,37 +181,8 @@ fn generate_key(args: GenerateKeyArgs) -> ExitCode {
     }
 }
 
-type Failure = (u8, String);
-
-fn build(net: &NetArgs) -> Result<(Outbound, Federation), Failure> {
-    let settings = net
-        .config
-        .settings()
-        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
-    let mut builder = Outbound::builder(settings);
-    for file in &net.cacert {
-        builder = builder.add_ca_file(file);
-    }
-    for entry in &net.resolve {
-        let mut parts = entry.splitn(3, ':');
-        let (Some(host), Some(_), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err((
-                exit::USAGE,
-                format!("--resolve `{entry}`: expected HOST:PORT:ADDR"),
-            ));
-        };
-        let addr = addr.trim_start_matches('[').trim_end_matches(']');
-        let ip = addr.parse().map_err(|_| {
-            (
-                exit::USAGE,
-                format!("--resolve `{entry}`: `{addr}` is not an IP address"),
-            )
-        })?;
-        builder = builder.resolve(host, &[ip]);
-    }
-    let outbound = builder
-        .build()
-        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+fn build(net: &FedNetArgs) -> Result<(Outbound, Federation), Failure> {
+    let outbound = net.net.outbound()?;
     let federation = Federation::new(outbound.clone(), net.dns_server)
         .map_err(|e| (exit::FAILURE, e.to_string()))?;
     Ok((outbound, federation))

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use egress::{Error, Outbound, Purpose};
+use egress::{Error, Purpose};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
-use crate::{exit, parse_purpose, ConfigArgs};
+use crate::{exit, parse_purpose, Failure, NetArgs};
 
 /// Make one request the way the homeserver would: same proxy, no_proxy,
 /// blocklist and TLS rules for the chosen connection type.
@@ -29,7 +29,7 @@ use crate::{exit, parse_purpose, ConfigArgs};
 #[command(verbatim_doc_comment, after_help = exit::HELP)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArgs,
+    net: NetArgs,
 
     /// The connection type whose rules apply.
     #[arg(long, value_name = "PURPOSE", default_value = "push", value_parser = parse_purpose)]
@@ -51,17 +51,9 @@ pub struct Args {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// Also trust the CA certificates in this PEM file (regular TLS).
-    #[arg(long, value_name = "FILE")]
-    cacert: Vec<PathBuf>,
-
     /// Follow redirects (at most 10), routing and checking every hop anew.
     #[arg(short = 'L', long = "location")]
     location: bool,
-
-    /// Resolve HOST to ADDR instead of asking DNS, as curl's --resolve (HOST:PORT:ADDR; the port is ignored).
-    #[arg(long, value_name = "HOST:PORT:ADDR")]
-    resolve: Vec<String>,
 
     /// Time limit for the whole request, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
@@ -96,8 +88,6 @@ pub fn run(args: Args) -> ExitCode {
     ExitCode::from(code)
 }
 
-type Failure = (u8, String);
-
 fn fail(err: Error) -> Failure {
     (exit::code(&err), err.to_string())
 }
@@ -107,33 +97,7 @@ fn usage(message: String) -> Failure {
 }
 
 async fn fetch(args: Args) -> Result<u8, Failure> {
-    let settings = args
-        .config
-        .settings()
-        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
-    let mut builder = Outbound::builder(settings);
-    for file in &args.cacert {
-        builder = builder.add_ca_file(file);
-    }
-    for entry in &args.resolve {
-        let mut parts = entry.splitn(3, ':');
-        let (Some(host), Some(_port), Some(addr)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(usage(format!(
-                "--resolve `{entry}`: expected HOST:PORT:ADDR"
-            )));
-        };
-        let addr = addr.trim_start_matches('[').trim_end_matches(']');
-        let ip = addr.parse().map_err(|_| {
-            usage(format!(
-                "--resolve `{entry}`: `{addr}` is not an IP address"
-            ))
-        })?;
-        builder = builder.resolve(host, &[ip]);
-    }
-    let outbound = builder
-        .build()
-        .map_err(|e| (exit::CONFIG, format!("configuration error: {e}")))?;
+    let outbound = args.net.outbound()?;
     let request = build_request(&args)?;
     let mut client = outbound.client(args.purpose);
     if args.location {

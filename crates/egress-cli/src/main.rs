@@ -69,6 +69,51 @@ pub fn parse_purpose(s: &str) -> Result<egress::Purpose, String> {
         .map_err(|e: egress::purpose::UnknownPurpose| e.to_string())
 }
 
+/// A failure to report: the exit code and the message.
+pub type Failure = (u8, String);
+
+/// Settings plus the network options of the commands that connect.
+#[derive(clap::Args)]
+pub struct NetArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Also trust the CA certificates in this PEM file (regular TLS: proxies, origins).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Vec<PathBuf>,
+
+    /// Resolve HOST to ADDR instead of asking DNS, as curl's --resolve (HOST:PORT:ADDR; the port is ignored).
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<String>,
+}
+
+impl NetArgs {
+    /// The pooled clients for these settings and options.
+    pub fn outbound(&self) -> Result<egress::Outbound, Failure> {
+        let config_error =
+            |e: &dyn std::fmt::Display| (exit::CONFIG, format!("configuration error: {e}"));
+        let settings = self.config.settings().map_err(|e| config_error(&e))?;
+        let mut builder = egress::Outbound::builder(settings);
+        for file in &self.cacert {
+            builder = builder.add_ca_file(file);
+        }
+        for entry in &self.resolve {
+            let usage = |problem: &str| (exit::USAGE, format!("--resolve `{entry}`: {problem}"));
+            let mut parts = entry.splitn(3, ':');
+            let (Some(host), Some(_port), Some(addr)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(usage("expected HOST:PORT:ADDR"));
+            };
+            let addr = addr.trim_start_matches('[').trim_end_matches(']');
+            let ip = addr
+                .parse()
+                .map_err(|_| usage(&format!("`{addr}` is not an IP address")))?;
+            builder = builder.resolve(host, &[ip]);
+        }
+        builder.build().map_err(|e| config_error(&e))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // -v shows egress's wire log (target `egress::wire`) as bare lines;

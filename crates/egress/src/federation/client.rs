@@ -341,21 +341,8 @@ impl Federation {
         };
         if let Some(location) = header(headers, "location") {
             tracing::info!(target: "egress::wire", "* media redirect to {location}");
-            let client = self
-                .outbound
-                .client(Purpose::Media)
-                .follow_redirects(crate::client::MAX_REDIRECTS);
-            let response = client.get(&location).await?;
-            if !response.status().is_success() {
-                return Err(status_error(format!("GET {location}"), response).await);
-            }
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            stream_limited(response.into_body(), out, limit).await?;
-            return Ok(content_type);
+            let response = self.follow(&location).await?;
+            return save(format!("GET {location}"), response, out, limit).await;
         }
         if bytes.len() as u64 > limit {
             return Err(FederationError::TooLarge { limit });
@@ -381,30 +368,25 @@ impl Federation {
             let location = response
                 .headers()
                 .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+                .and_then(|v| v.to_str().ok());
             let location = location.ok_or_else(|| FederationError::BadResponse {
                 what: path.clone(),
                 problem: "a redirect without Location".to_owned(),
             })?;
-            let client = self
-                .outbound
-                .client(Purpose::Media)
-                .follow_redirects(crate::client::MAX_REDIRECTS);
-            client.get(&location).await?
+            self.follow(location).await?
         } else {
             response
         };
-        if !response.status().is_success() {
-            return Err(status_error(format!("GET {path} on {server}"), response).await);
-        }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        stream_limited(response.into_body(), out, limit).await?;
-        Ok(content_type)
+        save(format!("GET {path} on {server}"), response, out, limit).await
+    }
+
+    /// A media redirect: a new hop, routed anew, regular TLS, redirects followed.
+    async fn follow(&self, location: &str) -> Result<Response<Body>, FederationError> {
+        let client = self
+            .outbound
+            .client(Purpose::Media)
+            .follow_redirects(crate::client::MAX_REDIRECTS);
+        Ok(client.get(location).await?)
     }
 
     /// The 3PID invite check: `GET <key_validity_url>?public_key=…` answering
@@ -554,6 +536,25 @@ async fn read_limited(mut body: Body, limit: u64) -> Result<Vec<u8>, ReadError> 
         }
     }
     Ok(bytes)
+}
+
+/// Saves a media response into `out` (at most `limit` bytes); its content type.
+async fn save(
+    what: String,
+    response: Response<Body>,
+    out: &mut dyn std::io::Write,
+    limit: u64,
+) -> Result<Option<String>, FederationError> {
+    if !response.status().is_success() {
+        return Err(status_error(what, response).await);
+    }
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    stream_limited(response.into_body(), out, limit).await?;
+    Ok(content_type)
 }
 
 /// Streams a body into `out`, ending with an error past `limit` bytes.

@@ -40,6 +40,17 @@ fn ca_yaml() -> String {
     )
 }
 
+/// The key our key server publishes for the origin of signed requests.
+fn origin_key() -> SigningKey {
+    SigningKey::parse(&std::fs::read_to_string(&matrix().key_file).unwrap()).unwrap()
+}
+
+/// Through squid, signing as our key server's IP-literal origin.
+fn signed_federation() -> Federation {
+    federation(&[("https_proxy", &squid_env())], &ca_yaml())
+        .with_signing_key(&matrix().origin_name(), origin_key())
+}
+
 fn name(s: &str) -> ServerName {
     ServerName::parse(s).unwrap()
 }
@@ -217,8 +228,7 @@ async fn synapse_accepts_our_signature_and_rejects_a_wrong_key() {
     let proxy = squid_env();
     let path = format!("/_matrix/federation/v1/query/profile?user_id=%40{SYNAPSE_USER}%3Ahs1.test");
     let origin = m.origin_name();
-    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
-    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&origin, key);
+    let fed = signed_federation();
     let (_, response) = fed
         .request(
             Purpose::Federation,
@@ -236,7 +246,7 @@ async fn synapse_accepts_our_signature_and_rejects_a_wrong_key() {
     );
 
     // Same key id as the published one, another key: the signature cannot verify.
-    let published = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
+    let published = origin_key();
     let version = published.key_id().trim_start_matches("ed25519:").to_owned();
     let fresh = SigningKey::generate().to_file_line();
     let seed = fresh.split_whitespace().nth(2).unwrap();
@@ -264,9 +274,7 @@ async fn notary_keys_verify_and_tampering_fails() {
     // Synapse as the notary for our key server's keys. Synapse answers a POST
     // query from its cache only, so first make it fetch them: a signed request
     // from our origin does.
-    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
-    let signed =
-        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&m.origin_name(), key);
+    let signed = signed_federation();
     let path = format!("/_matrix/federation/v1/query/profile?user_id=%40{SYNAPSE_USER}%3Ahs1.test");
     let (_, response) = signed
         .request(
@@ -315,12 +323,9 @@ async fn notary_keys_verify_and_tampering_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_media_downloads_byte_for_byte_and_respects_the_limit() {
     let m = matrix();
-    let proxy = squid_env();
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let media_id = upload_media(m, &bytes, "application/octet-stream");
-    let key = SigningKey::parse(&std::fs::read_to_string(&m.key_file).unwrap()).unwrap();
-    let fed =
-        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&m.origin_name(), key);
+    let fed = signed_federation();
     let mut out = Vec::new();
     let content_type = fed
         .download_media(&name("hs1.test"), &media_id, &mut out, 50 * 1024 * 1024)

@@ -222,7 +222,7 @@ fn hint(is_proxy: bool) -> &'static str {
 }
 
 impl Error {
-    /// True for errors about the network path rather than the settings or the URL.
+    /// True when a time limit passed.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
     }

@@ -30,6 +30,9 @@ fn main() {
     let Some((command, rest)) = args.split_first() else {
         usage("missing subcommand");
     };
+    if command == "spawn" {
+        spawn(rest);
+    }
     let opts = parse_opts(rest);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,7 +107,6 @@ fn check_loopback(url: &str) -> Result<(), BoxError> {
 #[derive(Clone, Copy)]
 struct Usage {
     cpu_us: u64,
-    max_rss_kb: u64,
 }
 
 fn rusage() -> Usage {
@@ -114,16 +116,26 @@ fn rusage() -> Usage {
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     Usage {
         cpu_us: us(ru.ru_utime) + us(ru.ru_stime),
-        max_rss_kb: ru.ru_maxrss as u64,
     }
 }
 
+/// Peak RSS of this process's own memory (`VmHWM`). Not `ru_maxrss`: Linux
+/// carries the pre-`exec` RSS of the forking parent (here the Python
+/// orchestrator) into it.
+fn vm_hwm_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
 fn vm_rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
         .and_then(|v| v.parse().ok())
@@ -286,7 +298,7 @@ async fn client(opts: &HashMap<String, String>) -> Result<serde_json::Value, Box
         "rps": done as f64 / elapsed,
         "cpu_ms": cpu_ms,
         "cpu_ms_per_1000": if done > 0 { cpu_ms * 1000.0 / done as f64 } else { f64::NAN },
-        "max_rss_kb": end_usage.max_rss_kb,
+        "max_rss_kb": vm_hwm_kb(),
         "idle_pooled": idle,
     }))
 }
@@ -377,8 +389,49 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         "rss_kb_at_start": rss_before_client,
         "rss_kb_client_built": rss_baseline,
         "rss_kb": rss,
-        "max_rss_kb": rusage().max_rss_kb,
+        "max_rss_kb": vm_hwm_kb(),
         "idle_pooled": idle_pooled,
         "tunnels_open": open,
     }))
+}
+
+/// `spawn -- CMD ARGS...`: runs CMD (curl), waits for it with `wait4` and
+/// prints its exit status, CPU time, peak RSS and wall time as JSON. This small
+/// process is the parent so that the child's `ru_maxrss` is not inflated by
+/// the big orchestrator's pre-`exec` RSS.
+fn spawn(args: &[String]) -> ! {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let Some((program, rest)) = args.split_first() else {
+        usage("spawn: missing command");
+    };
+    let started = Instant::now();
+    let child = std::process::Command::new(program)
+        .args(rest)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            eprintln!("egress-bench: spawn {program}: {e}");
+            std::process::exit(1);
+        });
+    let mut status = 0;
+    // SAFETY: wait4 fills `ru` for the child we started.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    let seconds = started.elapsed().as_secs_f64();
+    if pid < 0 {
+        eprintln!("egress-bench: wait4: {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    println!(
+        "{}",
+        serde_json::json!({
+            "exit": code,
+            "seconds": seconds,
+            "cpu_ms": (us(ru.ru_utime) + us(ru.ru_stime)) as f64 / 1000.0,
+            "max_rss_kb": ru.ru_maxrss,
+        })
+    );
+    std::process::exit(0);
 }

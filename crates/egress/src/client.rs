@@ -533,6 +533,9 @@ impl Pool {
                 }
                 candidate?
             };
+            if candidate.sender.is_ready() {
+                return Some(candidate.sender);
+            }
             // Its last response is fully read; it is ready within a scheduler tick,
             // unless the server closed it.
             let ready =

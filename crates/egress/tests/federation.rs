@@ -383,3 +383,25 @@ async fn public_key_validity_goes_through_the_regular_proxied_client() {
     let lines = w.squid.log_lines(&format!("CONNECT {}:", test_name(9)), 1);
     assert!(!lines.is_empty(), "the check did not go through the proxy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_literal_server_names_connect_to_that_address() {
+    let fed = federation(&[], "");
+    let r = fed.discovery().resolve(&name("127.0.0.1:8449")).await;
+    assert_eq!(r.targets, vec![("127.0.0.1".to_owned(), 8449)]);
+    assert_eq!(
+        (r.tls_name.as_str(), r.host_header.as_str()),
+        ("127.0.0.1", "127.0.0.1:8449")
+    );
+    let r = fed.discovery().resolve(&name("[::1]")).await;
+    assert_eq!(r.targets, vec![("::1".to_owned(), 8448)]);
+    assert_eq!(
+        (r.tls_name.as_str(), r.host_header.as_str()),
+        ("::1", "[::1]")
+    );
+    assert!(
+        r.steps.iter().all(|s| !s.contains("well-known")),
+        "{:?}",
+        r.steps
+    );
+}

@@ -326,8 +326,8 @@ impl Federation {
         let body = read_limited(response.into_body(), limit + 64 * 1024)
             .await
             .map_err(|e| match e {
-                ReadError::TooLarge => FederationError::TooLarge { limit },
-                ReadError::Http(e) => FederationError::Transport(e),
+                FederationError::TooLarge { .. } => FederationError::TooLarge { limit },
+                other => other,
             })?;
         let parts = multipart(&body, &boundary).ok_or_else(|| FederationError::BadResponse {
             what: path.clone(),
@@ -490,11 +490,11 @@ async fn json_body(what: &str, response: Response<Body>) -> Result<Value, Federa
     let bytes = read_limited(response.into_body(), JSON_LIMIT)
         .await
         .map_err(|e| match e {
-            ReadError::TooLarge => FederationError::BadResponse {
+            FederationError::TooLarge { .. } => FederationError::BadResponse {
                 what: what.to_owned(),
                 problem: format!("the JSON is larger than {JSON_LIMIT} bytes"),
             },
-            ReadError::Http(e) => FederationError::Transport(e),
+            other => other,
         })?;
     serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
         what: what.to_owned(),
@@ -514,27 +514,10 @@ async fn status_error(what: String, response: Response<Body>) -> FederationError
     }
 }
 
-enum ReadError {
-    TooLarge,
-    Http(Error),
-}
-
-async fn read_limited(mut body: Body, limit: u64) -> Result<Vec<u8>, ReadError> {
+/// A whole body, at most `limit` bytes.
+async fn read_limited(body: Body, limit: u64) -> Result<Vec<u8>, FederationError> {
     let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|source| {
-            ReadError::Http(Error::Http {
-                peer: "the server".to_owned(),
-                source,
-            })
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if (bytes.len() + data.len()) as u64 > limit {
-                return Err(ReadError::TooLarge);
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
+    stream_limited(body, &mut bytes, limit).await?;
     Ok(bytes)
 }
 
@@ -567,7 +550,7 @@ async fn stream_limited(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|source| {
             FederationError::Transport(Error::Http {
-                peer: "the media server".to_owned(),
+                peer: "the server".to_owned(),
                 source,
             })
         })?;

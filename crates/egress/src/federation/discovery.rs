@@ -88,17 +88,9 @@ impl Discovery {
     /// Resolves a server name to the targets to try, in order.
     pub async fn resolve(&self, name: &ServerName) -> Resolution {
         let mut steps = Vec::new();
-        if let Some(ip) = name.ip() {
-            let port = name.port().unwrap_or(8448);
-            steps.push(format!(
-                "{name} is an IP address: connect to it on port {port}"
-            ));
-            return Resolution {
-                tls_name: ip.to_string(),
-                host_header: name.to_string(),
-                targets: vec![(name.bare_host().to_owned(), port)],
-                steps,
-            };
+        if name.ip().is_some() {
+            steps.push(format!("{name} is an IP address"));
+            return literal(name, steps);
         }
         if let Some(port) = name.port() {
             steps.push(format!("{name} has an explicit port: connect to {name}"));
@@ -107,17 +99,9 @@ impl Discovery {
         match self.well_known(name.host(), &mut steps).await {
             Some(delegated) => match ServerName::parse(&delegated) {
                 Ok(delegated) => {
-                    if let Some(ip) = delegated.ip() {
-                        let port = delegated.port().unwrap_or(8448);
-                        steps.push(format!(
-                            "delegated to IP address {delegated}: connect to port {port}"
-                        ));
-                        return Resolution {
-                            tls_name: ip.to_string(),
-                            host_header: delegated.to_string(),
-                            targets: vec![(delegated.bare_host().to_owned(), port)],
-                            steps,
-                        };
+                    if delegated.ip().is_some() {
+                        steps.push(format!("delegated to IP address {delegated}"));
+                        return literal(&delegated, steps);
                     }
                     if let Some(port) = delegated.port() {
                         steps.push(format!("delegated to {delegated} with an explicit port"));
@@ -284,6 +268,18 @@ impl Discovery {
             .ok_or("`m.server` is not a string")?;
         ServerName::parse(server).map_err(|e| e.to_string())?;
         Ok((server.to_owned(), ttl))
+    }
+}
+
+/// An IP-literal name: that address, on its port or 8448.
+fn literal(name: &ServerName, mut steps: Vec<String>) -> Resolution {
+    let port = name.port().unwrap_or(8448);
+    steps.push(format!("connect to {} on port {port}", name.host()));
+    Resolution {
+        tls_name: name.bare_host().to_owned(),
+        host_header: name.to_string(),
+        targets: vec![(name.bare_host().to_owned(), port)],
+        steps,
     }
 }
 

@@ -121,10 +121,7 @@ async fn tls_check(
     let shared = outbound.shared();
     let name = format!("TLS to {key} {proxy}");
     let host = proxy.host().to_string();
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let bare = crate::proxy_url::unbracket(&host).to_owned();
     let limit = shared.timeouts.connect;
     let config = shared.tls.config(TlsKind::Regular, &bare);
     match handshake(tcp, config, &bare, format!("proxy {proxy}"), true, limit).await {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::ip_table::IpTable;
-use crate::proxy_url::{parse_host_port, Host};
+use crate::proxy_url::{parse_host_port, unbracket, Host};
 
 /// Longest host name we compare (DNS allows 253 characters, plus a trailing dot).
 const MAX_HOST_LEN: usize = 255;
@@ -149,11 +149,7 @@ impl NoProxy {
         if self.all {
             return Some(NoProxyMatch::Everything);
         }
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        match bare.parse::<IpAddr>() {
+        match unbracket(host).parse::<IpAddr>() {
             Ok(ip) => self.matches_ip(ip, port),
             Err(_) => self.matches_name(host, port),
         }

@@ -238,6 +238,13 @@ fn parse_userinfo(userinfo: &str) -> Result<Credentials, ProxyUrlError> {
     Ok(Credentials::new(user, password))
 }
 
+/// A host without the brackets of an IPv6 literal: `[::1]` → `::1`.
+pub(crate) fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 /// Parses `host[:port]`, `[v6][:port]`. Shared with `no_proxy` entries.
 pub(crate) fn parse_host_port(input: &str) -> Result<(Host, Option<u16>), ProxyUrlError> {
     if input.is_empty() {

@@ -8,7 +8,7 @@ use http::Uri;
 
 use crate::blocklist::{Blocked, Blocklist};
 use crate::no_proxy::NoProxyMatch;
-use crate::proxy_url::ProxyUrl;
+use crate::proxy_url::{unbracket, ProxyUrl};
 use crate::purpose::{ProxyUse, Purpose};
 use crate::settings::{ProxySettings, Source};
 
@@ -219,11 +219,7 @@ impl<'a> Route<'a> {
         let blocklist = purpose
             .blocklist()
             .map(|kind| settings.blocklists().get(kind));
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let ip = bare.parse::<IpAddr>().ok();
+        let ip = unbracket(host).parse::<IpAddr>().ok();
         if let (Some(ip), Some(list)) = (ip, blocklist) {
             if let Some(blocked) = list.check(ip) {
                 return Route::Refused {

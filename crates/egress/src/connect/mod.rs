@@ -32,6 +32,7 @@ use tower_service::Service;
 use self::resolve::{BlockedAnswer, BlocklistResolver, Overrides};
 use self::stream::{ConnectedStream, Stream};
 use self::tls::TlsConfigs;
+use crate::proxy_url::unbracket;
 use crate::purpose::{BlocklistKind, TlsKind};
 use crate::route::Scheme;
 use crate::{Blocklist, Error, ProxyScheme, ProxySettings, ProxyUrl, Purpose, Route};
@@ -206,7 +207,7 @@ impl Connector {
         match proxy.scheme() {
             ProxyScheme::Http => Ok(stream),
             ProxyScheme::Https => {
-                let name = bare(&host);
+                let name = unbracket(&host);
                 let kind = match self.purpose.tls() {
                     TlsKind::Federation => TlsKind::Federation,
                     _ => TlsKind::Regular,
@@ -223,7 +224,7 @@ impl Connector {
         target: &Target<'_>,
         limit: Duration,
     ) -> Result<Stream, Error> {
-        let name = bare(target.server_name);
+        let name = unbracket(target.server_name);
         let config = self.shared.tls.config(target.tls, name);
         handshake(stream, config, name, name.to_owned(), false, limit).await
     }
@@ -282,12 +283,6 @@ impl Service<Uri> for Connector {
     }
 }
 
-fn bare(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
-
 /// TCP connect through hyper-util's `HttpConnector` (happy eyeballs), with
 /// name resolution, and errors sorted into blocked / resolve / connect / timeout.
 pub(crate) async fn tcp_connect(
@@ -297,7 +292,7 @@ pub(crate) async fn tcp_connect(
     limit: Duration,
     describe: impl Fn() -> String,
 ) -> Result<Stream, Error> {
-    let uri: Uri = format!("http://{}", tunnel::authority(bare(host), port))
+    let uri: Uri = format!("http://{}", tunnel::authority(unbracket(host), port))
         .parse()
         .map_err(|e: http::uri::InvalidUri| Error::BadUrl {
             url: host.to_owned(),

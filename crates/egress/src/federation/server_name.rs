@@ -101,7 +101,7 @@ impl ServerName {
 
     /// The host without brackets: what TLS verifies and SNI carries.
     pub fn bare_host(&self) -> &str {
-        self.host.trim_start_matches('[').trim_end_matches(']')
+        crate::proxy_url::unbracket(&self.host)
     }
 
     /// The IP address, for an IP-literal server name.

@@ -216,7 +216,7 @@ async fn get(args: GetArgs) -> Result<u8, Failure> {
     let status = response.status();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
-        .map_err(|e| (exit::RECV, format!("reading the body failed: {e}")))?
+        .map_err(|e| (exit::code(&e), format!("reading the body failed: {e}")))?
         .to_bytes();
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&body).and_then(|_| out.flush());

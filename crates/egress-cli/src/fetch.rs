@@ -124,8 +124,12 @@ async fn fetch(args: Args) -> Result<u8, Failure> {
         };
         let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| (exit::RECV, format!("reading the response body failed: {e}")))?;
+            let frame = frame.map_err(|e| {
+                (
+                    exit::code(&e),
+                    format!("reading the response body failed: {e}"),
+                )
+            })?;
             if let Ok(data) = frame.into_data() {
                 out.write_all(&data)
                     .map_err(|e| (exit::FAILURE, format!("cannot write the body: {e}")))?;

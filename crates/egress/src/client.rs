@@ -7,6 +7,7 @@
 //! through a proxy to an origin.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -382,7 +383,8 @@ impl Client {
             }
         }
         let pool = self.outbound.pool.clone();
-        Ok(response.map(|incoming| Body::new(incoming, Return { pool, key, sender })))
+        let idle = shared.timeouts.body_idle;
+        Ok(response.map(|incoming| Body::new(incoming, Return { pool, key, sender }, idle)))
     }
 }
 
@@ -568,17 +570,25 @@ struct Return {
 }
 
 /// A response body. When it has been read to the end, its connection goes
-/// back to the pool; dropped before the end, the connection is closed.
+/// back to the pool; dropped before the end, the connection is closed. A body
+/// that sends nothing for [`Timeouts::body_idle`] ends with [`Error::Timeout`].
 pub struct Body {
     inner: Incoming,
     ret: Option<Return>,
+    idle: Duration,
+    /// The idle timer, made on the first wait and re-armed at each new wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl Body {
-    fn new(inner: Incoming, ret: Return) -> Body {
+    fn new(inner: Incoming, ret: Return, idle: Duration) -> Body {
         let mut body = Body {
             inner,
             ret: Some(ret),
+            idle,
+            timer: None,
+            waiting: false,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -595,19 +605,51 @@ impl Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    timer.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Error::Timeout {
+                        step: "waiting for more of the response body".to_owned(),
+                        after: this.idle,
+                    }))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                match &frame {
+                    None => this.release(),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+                    _ => {}
+                }
+                let peer = || {
+                    this.ret
+                        .as_ref()
+                        .map_or_else(|| "the server".to_owned(), |r| r.key.peer())
+                };
+                Poll::Ready(frame.map(|f| {
+                    f.map_err(|source| Error::Http {
+                        peer: peer(),
+                        source,
+                    })
+                }))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -30,14 +30,7 @@ async fn fetch(fault: Fault, timeouts: Timeouts) -> (Result<String, Error>, Fake
     let url = world().https_origin.url("localhost", "/via-fake-proxy");
     let result = async {
         let response = out.client(Purpose::Push).get(&url).await?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|source| Error::Http {
-                peer: "origin".into(),
-                source,
-            })?;
+        let body = response.into_body().collect().await?;
         Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
     }
     .await;
@@ -260,4 +253,41 @@ async fn error_statuses_are_distinct() {
     )
     .await;
     assert!(matches!(result.unwrap_err(), Error::ProxyStatus { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_times_out() {
+    // A fake origin (named as such): sends the head and 3 of 100 bytes, then nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = tcp.read(&mut buf).await;
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let settings = ProxySettings::none();
+    let timeouts = Timeouts {
+        body_idle: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let out = Outbound::builder(settings)
+        .timeouts(timeouts)
+        .build()
+        .unwrap();
+    // OIDC endpoints have no blocklist: a loopback literal is allowed.
+    let response = out
+        .client(Purpose::Oidc)
+        .get(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = response.into_body().collect().await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(err.to_string().contains("response body"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

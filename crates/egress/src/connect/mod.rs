@@ -48,6 +48,9 @@ pub struct Timeouts {
     pub connect_reply: Duration,
     /// A whole request, up to the response headers (60 s).
     pub request: Duration,
+    /// A response body that sends nothing for this long ends with a
+    /// timeout error (60 s).
+    pub body_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -57,6 +60,7 @@ impl Default for Timeouts {
             federation_connect: Duration::from_secs(30),
             connect_reply: Duration::from_secs(15),
             request: Duration::from_secs(60),
+            body_idle: Duration::from_secs(60),
         }
     }
 }

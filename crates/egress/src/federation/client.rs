@@ -515,7 +515,7 @@ async fn status_error(what: String, response: Response<Body>) -> FederationError
 }
 
 /// A whole body, at most `limit` bytes.
-async fn read_limited(body: Body, limit: u64) -> Result<Vec<u8>, FederationError> {
+pub(crate) async fn read_limited(body: Body, limit: u64) -> Result<Vec<u8>, FederationError> {
     let mut bytes = Vec::new();
     stream_limited(body, &mut bytes, limit).await?;
     Ok(bytes)
@@ -548,12 +548,7 @@ async fn stream_limited(
 ) -> Result<u64, FederationError> {
     let mut written = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|source| {
-            FederationError::Transport(Error::Http {
-                peer: "the server".to_owned(),
-                source,
-            })
-        })?;
+        let frame = frame?;
         if let Ok(data) = frame.into_data() {
             written += data.len() as u64;
             if written > limit {

@@ -12,8 +12,8 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
-use http_body_util::BodyExt;
 
+use super::client::{read_limited, FederationError};
 use super::server_name::ServerName;
 use crate::{Outbound, Purpose};
 
@@ -245,20 +245,15 @@ impl Discovery {
             return Err(format!("status {status}"));
         }
         let ttl = cache_ttl(response.headers().get(http::header::CACHE_CONTROL));
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("reading the body failed: {e}"))?;
-            if let Ok(data) = frame.into_data() {
-                bytes.extend_from_slice(&data);
-                if bytes.len() > WELL_KNOWN_MAX_BYTES {
-                    return Err(format!(
-                        "the body is larger than {} KiB",
-                        WELL_KNOWN_MAX_BYTES / 1024
-                    ));
-                }
-            }
-        }
+        let bytes = read_limited(response.into_body(), WELL_KNOWN_MAX_BYTES as u64)
+            .await
+            .map_err(|e| match e {
+                FederationError::TooLarge { .. } => format!(
+                    "the body is larger than {} KiB",
+                    WELL_KNOWN_MAX_BYTES / 1024
+                ),
+                other => format!("reading the body failed: {other}"),
+            })?;
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("the body is not JSON: {e}"))?;
         let server = json

@@ -3,11 +3,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use egress::doctor::{check_proxy, Check};
-use egress::{Purpose, Route};
+use egress::{check_proxy, ProxyCheck, Purpose, Route, Scheme};
 use serde_json::json;
 
-use crate::{exit, NetArgs};
+use crate::{advice, exit, NetArgs};
 
 /// Check the proxy settings and each configured proxy, the way the homeserver
 /// would use them: is the proxy reachable, does its TLS certificate verify
@@ -37,7 +36,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args) -> ExitCode {
+pub async fn run(args: Args) -> ExitCode {
     let Some((host, port)) = args
         .target
         .rsplit_once(':')
@@ -60,32 +59,18 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
     let settings = outbound.settings();
-    let mut proxies = Vec::new();
-    if let Some(p) = settings.https_proxy() {
-        proxies.push(("https_proxy", p, Some(args.target.as_str())));
-    }
-    if let Some(p) = settings.http_proxy() {
-        // http_proxy forwards http:// requests; CONNECT is https_proxy's job.
-        proxies.push(("http_proxy", p, None));
-    }
-    let checks: Vec<Check> = runtime.block_on(async {
-        let mut all = Vec::new();
-        for (key, proxy, target) in &proxies {
-            all.extend(check_proxy(&outbound, key, proxy, *target).await);
-        }
-        all
-    });
-    let url: http::Uri = match format!(
-        "https://{}/",
-        egress::connect::tunnel::authority(host, port)
+    let no_proxy = settings.https_proxy().is_none() && settings.http_proxy().is_none();
+    // https_proxy opens tunnels; http_proxy forwards http:// requests, so no CONNECT check.
+    let mut checks: Vec<ProxyCheck> = check_proxy(
+        &outbound,
+        Purpose::Push,
+        Scheme::Https,
+        Some(args.target.as_str()),
     )
-    .parse()
-    {
+    .await;
+    checks.extend(check_proxy(&outbound, Purpose::Push, Scheme::Http, None).await);
+    let url: http::Uri = match format!("https://{}/", crate::authority(host, port)).parse() {
         Ok(url) => url,
         Err(e) => {
             eprintln!("egress: --target `{}`: {e}", args.target);
@@ -96,14 +81,14 @@ pub fn run(args: Args) -> ExitCode {
         .iter()
         .map(|&p| (p, Route::decide(settings, p, &url)))
         .collect();
-    let ok = checks.iter().all(|c| c.ok);
+    let ok = checks.iter().all(ProxyCheck::ok);
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let checks: Vec<_> = checks
             .iter()
             .map(|c| {
                 json!({
-                    "name": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint,
+                    "name": c.name, "ok": c.ok(), "detail": c.detail, "hint": advice::check_hint(c),
                     "certificate": c.certificate.as_ref().map(|cert| json!({
                         "subject": cert.subject, "issuer": cert.issuer,
                         "not_after": cert.not_after, "names": cert.names,
@@ -121,7 +106,7 @@ pub fn run(args: Args) -> ExitCode {
             json!({"settings": {"ok": true}, "checks": checks, "routes": routes, "ok": ok})
         )
     } else {
-        write_text(&mut out, &checks, &routes, &url, proxies.is_empty())
+        write_text(&mut out, &checks, &routes, &url, no_proxy)
     };
     if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -133,7 +118,7 @@ pub fn run(args: Args) -> ExitCode {
 
 fn write_text(
     out: &mut impl Write,
-    checks: &[Check],
+    checks: &[ProxyCheck],
     routes: &[(Purpose, Route)],
     url: &http::Uri,
     no_proxy: bool,
@@ -149,7 +134,7 @@ fn write_text(
         writeln!(
             out,
             "{}  {}: {}",
-            if check.ok { "PASS" } else { "FAIL" },
+            if check.ok() { "PASS" } else { "FAIL" },
             check.name,
             check.detail
         )?;
@@ -161,7 +146,7 @@ fn write_text(
                 writeln!(out, "      names:    {}", cert.names.join(", "))?;
             }
         }
-        if let Some(hint) = &check.hint {
+        if let Some(hint) = advice::check_hint(check) {
             writeln!(out, "      hint: {hint}")?;
         }
     }

@@ -48,7 +48,7 @@ pub const HELP: &str = "Exit codes:
   41  the proxy requires authentication (407, or 401 from tinyproxy)
   42  the proxy refused or failed the CONNECT (403, 502/503/504, other)
   43  the proxy's reply is not valid HTTP
-  47  too many redirects
+  47  too many redirects, or an unusable redirect Location
   56  the HTTP exchange failed
   60  TLS certificate not accepted
   78  configuration error
@@ -70,7 +70,7 @@ pub fn code(err: &Error) -> u8 {
         Error::Certificate { .. } => CERTIFICATE,
         Error::Tls { .. } => TLS,
         Error::Timeout { .. } => TIMEOUT,
-        Error::TooManyRedirects(_) => REDIRECTS,
+        Error::TooManyRedirects(_) | Error::BadRedirect { .. } => REDIRECTS,
         Error::Http { .. } => RECV,
         _ => FAILURE,
     }

@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use egress::connect::Target;
 use egress::federation::{
     Federation, FederationError, ServerName, SigningKey, DEFAULT_MEDIA_LIMIT,
 };
-use egress::purpose::TlsKind;
 use egress::{Outbound, Purpose, Route, Scheme};
 use http::Method;
 use serde_json::{json, Value};
@@ -135,27 +133,17 @@ struct GenerateKeyArgs {
     output: PathBuf,
 }
 
-pub fn run(args: Args) -> ExitCode {
-    match args.command {
-        Sub::GenerateKey(a) => generate_key(a),
-        Sub::Test(a) => with_runtime(|| test(a)),
-        Sub::Get(a) => with_runtime(|| get(a)),
-        Sub::Media(a) => with_runtime(|| media(a)),
-    }
-}
-
-fn with_runtime<F: std::future::Future<Output = Result<u8, (u8, String)>>>(
-    f: impl FnOnce() -> F,
-) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let code = runtime.block_on(f()).unwrap_or_else(|(code, message)| {
+pub async fn run(args: Args) -> ExitCode {
+    let result = match args.command {
+        Sub::GenerateKey(a) => return generate_key(a),
+        Sub::Test(a) => test(a).await,
+        Sub::Get(a) => get(a).await,
+        Sub::Media(a) => media(a).await,
+    };
+    ExitCode::from(result.unwrap_or_else(|(code, message)| {
         eprintln!("egress: {message}");
         code
-    });
-    ExitCode::from(code)
+    }))
 }
 
 fn generate_key(args: GenerateKeyArgs) -> ExitCode {
@@ -216,7 +204,12 @@ async fn get(args: GetArgs) -> Result<u8, Failure> {
     let status = response.status();
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
-        .map_err(|e| (exit::code(&e), format!("reading the body failed: {e}")))?
+        .map_err(|e| {
+            (
+                exit::code(&e),
+                format!("reading the body failed: {}", crate::advice::message(&e)),
+            )
+        })?
         .to_bytes();
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(&body).and_then(|_| out.flush());
@@ -336,7 +329,7 @@ async fn run_test(
     let targets: Vec<String> = resolution
         .targets
         .iter()
-        .map(|(h, p)| egress::connect::tunnel::authority(h, *p))
+        .map(|(h, p)| crate::authority(h, *p))
         .collect();
     report.step(
         "targets",
@@ -353,20 +346,13 @@ async fn run_test(
     for (host, port) in &resolution.targets {
         let route = Route::for_target(settings, Purpose::Federation, Scheme::Https, host, *port);
         report.step("route", format!("{host}:{port}: {}", route.explain()));
-        let target = Target {
-            scheme: Scheme::Https,
-            host,
-            port: *port,
-            server_name: &resolution.tls_name,
-            tls: TlsKind::Federation,
-        };
         match outbound
             .connector(Purpose::Federation)
-            .connect(&route, &target)
+            .probe_tls(host, *port, &resolution.tls_name)
             .await
         {
-            Ok(stream) => {
-                if let Some(cert) = stream.tls().and_then(egress::doctor::leaf_info) {
+            Ok(certificate) => {
+                if let Some(cert) = certificate {
                     report.step(
                         "tls",
                         format!(
@@ -379,8 +365,9 @@ async fn run_test(
                 break;
             }
             Err(e) => {
+                let e = crate::advice::chain(&e);
                 report.step("tls", format!("{host}:{port}: {e}"));
-                first_error.get_or_insert_with(|| e.to_string());
+                first_error.get_or_insert(e);
             }
         }
     }

@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 
-use crate::{exit, parse_purpose, Failure, NetArgs};
+use crate::{advice, exit, parse_purpose, Failure, NetArgs};
 
 /// Make one request the way the homeserver would: same proxy, no_proxy,
 /// blocklist and TLS rules for the chosen connection type.
@@ -74,22 +74,16 @@ impl Args {
     }
 }
 
-pub fn run(args: Args) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let code = runtime
-        .block_on(fetch(args))
-        .unwrap_or_else(|(code, message)| {
-            eprintln!("egress: {message}");
-            code
-        });
+pub async fn run(args: Args) -> ExitCode {
+    let code = fetch(args).await.unwrap_or_else(|(code, message)| {
+        eprintln!("egress: {message}");
+        code
+    });
     ExitCode::from(code)
 }
 
 fn fail(err: Error) -> Failure {
-    (exit::code(&err), err.to_string())
+    (exit::code(&err), advice::message(&err))
 }
 
 fn usage(message: String) -> Failure {
@@ -101,7 +95,7 @@ async fn fetch(args: Args) -> Result<u8, Failure> {
     let request = build_request(&args)?;
     let mut client = outbound.client(args.purpose);
     if args.location {
-        client = client.follow_redirects(egress::client::MAX_REDIRECTS);
+        client = client.follow_redirects(egress::MAX_REDIRECTS);
     }
     let limit = Duration::from_secs_f64(args.max_time.max(0.001));
     let exchange = async {
@@ -127,7 +121,7 @@ async fn fetch(args: Args) -> Result<u8, Failure> {
             let frame = frame.map_err(|e| {
                 (
                     exit::code(&e),
-                    format!("reading the response body failed: {e}"),
+                    format!("reading the response body failed: {}", advice::message(&e)),
                 )
             })?;
             if let Ok(data) = frame.into_data() {

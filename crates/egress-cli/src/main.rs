@@ -1,5 +1,6 @@
 //! The `egress` command: see and test what a homeserver's outbound traffic does.
 
+mod advice;
 mod doctor;
 mod exit;
 mod explain;
@@ -65,8 +66,16 @@ impl ConfigArgs {
 
 /// Parses a purpose name for clap.
 pub fn parse_purpose(s: &str) -> Result<egress::Purpose, String> {
-    s.parse()
-        .map_err(|e: egress::purpose::UnknownPurpose| e.to_string())
+    s.parse().map_err(|e: egress::UnknownPurpose| e.to_string())
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// A failure to report: the exit code and the message.
@@ -137,10 +146,27 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    match cli.command {
-        Command::Explain(args) => explain::run(args),
-        Command::Fetch(args) => fetch::run(args),
-        Command::Doctor(args) => doctor::run(args),
-        Command::Federation(args) => federation::run(args),
+    if let Command::Explain(args) = cli.command {
+        // Pure: no runtime needed.
+        return explain::run(args);
     }
+    // One runtime for the whole command.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("egress: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Explain(_) => unreachable!("handled above"),
+            Command::Fetch(args) => fetch::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
+            Command::Federation(args) => federation::run(args).await,
+        }
+    })
 }

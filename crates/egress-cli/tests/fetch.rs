@@ -131,7 +131,7 @@ fn exit_codes_name_the_failure() {
             vec![("HTTPS_PROXY", &wrong)],
             vec![https.clone()],
             41,
-            "Check the user name and password in https_proxy",
+            "hint: check the user name and password in https_proxy",
         ),
         (
             vec![("HTTPS_PROXY", &untrusted)],

@@ -1,28 +1,52 @@
-//! Step-by-step checks of a proxy, for `egress doctor`: can it be reached,
-//! does its TLS certificate verify, and does it open a tunnel.
+//! Step-by-step checks of a configured proxy, for `egress doctor`: can it be
+//! reached, does its TLS certificate verify, does it open a tunnel. The
+//! checks use the same connection code as every request (the purpose's TLS
+//! rules included); they report facts, and the application adds advice.
 
 use crate::connect::stream::Stream;
-use crate::connect::{handshake, tcp_connect, tunnel};
-use crate::purpose::TlsKind;
-use crate::{Error, Outbound, ProxyScheme, ProxyUrl};
+use crate::connect::{handshake, Connector};
+use crate::{Error, Outbound, ProxyScheme, ProxyUrl, Purpose, Scheme};
+
+/// Which step a [`ProxyCheck`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyCheckStep {
+    /// TCP to the proxy.
+    Tcp,
+    /// TLS to an `https://` proxy, certificate verified.
+    Tls,
+    /// `CONNECT target` through the proxy.
+    Connect,
+}
 
 /// One check's outcome.
-#[derive(Clone, Debug)]
-pub struct Check {
-    /// What was checked, e.g. `TCP to proxy http://proxy:3128`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ProxyCheck {
+    /// The step.
+    pub step: ProxyCheckStep,
+    /// The setting that names the proxy: `http_proxy` or `https_proxy`.
+    pub key: &'static str,
+    /// What was checked, e.g. `TCP to https_proxy http://proxy:3128`.
     pub name: String,
-    /// Passed?
-    pub ok: bool,
-    /// What was found.
+    /// What was found (the error's message when it failed).
     pub detail: String,
-    /// What the admin can do, when it failed.
-    pub hint: Option<String>,
-    /// The certificate, for a TLS check.
+    /// The error, when it failed.
+    pub error: Option<Error>,
+    /// The certificate, for a TLS check (shown even when it failed to verify).
     pub certificate: Option<CertificateInfo>,
 }
 
+impl ProxyCheck {
+    /// True when the check passed.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
 /// The leaf certificate a server presented.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CertificateInfo {
     /// Subject distinguished name.
     pub subject: String,
@@ -34,147 +58,111 @@ pub struct CertificateInfo {
     pub names: Vec<String>,
 }
 
-/// Checks one proxy setting (`key` is `http_proxy` or `https_proxy`):
-/// TCP, TLS for an `https://` proxy, then `CONNECT target` when given.
-/// Stops at the first failure.
+/// Checks the proxy configured for `scheme` (`http_proxy` for
+/// [`Scheme::Http`], `https_proxy` for [`Scheme::Https`]) with the TLS rules
+/// of `purpose`: TCP, TLS for an `https://` proxy, then `CONNECT target`
+/// (`host:port`) when given. Stops at the first failure. Empty when that
+/// proxy is not set.
 pub async fn check_proxy(
     outbound: &Outbound,
-    key: &'static str,
-    proxy: &ProxyUrl,
+    purpose: Purpose,
+    scheme: Scheme,
     target: Option<&str>,
-) -> Vec<Check> {
+) -> Vec<ProxyCheck> {
+    let key = scheme.proxy_key();
+    let proxy = match scheme {
+        Scheme::Http => outbound.settings().http_proxy(),
+        Scheme::Https => outbound.settings().https_proxy(),
+    };
+    let Some(proxy) = proxy else {
+        return Vec::new();
+    };
+    let connector = outbound.connector(purpose);
     let mut checks = Vec::new();
-    let limit = outbound.shared().timeouts.connect;
-    let host = proxy.host().to_string();
-    let tcp = outbound.shared().tcp_for(None);
-    let stream = match tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}"))
-        .await
-    {
+    let name = format!("TCP to {key} {proxy}");
+    let stream = match connector.proxy_tcp(proxy).await {
         Ok(stream) => {
-            checks.push(pass(
-                format!("TCP to {key} {proxy}"),
-                format!("connected to {}:{}", host, proxy.port()),
-            ));
+            let detail = format!("connected to {}:{}", proxy.host(), proxy.port());
+            checks.push(pass(ProxyCheckStep::Tcp, key, name, detail));
             stream
         }
         Err(err) => {
-            checks.push(fail(
-                format!("TCP to {key} {proxy}"),
-                &err,
-                format!(
-                    "nothing answers at {host}:{}: check the host and port in {key}, that the proxy runs, \
-                     and that a firewall lets this machine reach it",
-                    proxy.port()
-                ),
-            ));
+            checks.push(fail(ProxyCheckStep::Tcp, key, name, err));
             return checks;
         }
     };
     let stream = match proxy.scheme() {
         ProxyScheme::Http => stream,
-        ProxyScheme::Https => match tls_check(outbound, key, proxy, stream).await {
-            (check, Some(stream)) => {
-                checks.push(check);
-                stream
+        ProxyScheme::Https => {
+            let (check, stream) = tls_check(&connector, key, proxy, stream).await;
+            checks.push(check);
+            match stream {
+                Some(stream) => stream,
+                None => return checks,
             }
-            (check, None) => {
-                checks.push(check);
-                return checks;
-            }
-        },
+        }
     };
     let Some(target) = target else { return checks };
     let name = format!("CONNECT {target} through {key}");
-    let reply_limit = outbound.shared().timeouts.connect_reply;
-    match tunnel::connect(stream, proxy, key, target, reply_limit).await {
-        Ok(_) => checks.push(pass(name, "the proxy opened the tunnel (2xx)".to_owned())),
-        Err(err) => {
-            let hint = match &err {
-                Error::ProxyAuth { status_line, .. } => format!(
-                    "the proxy answered `{status_line}`: check the user name and password in {key} \
-                     (percent-encode @ : / in them)"
-                ),
-                Error::ProxyForbidden { .. } => format!(
-                    "the proxy refuses tunnels to {target}: ask its admin to allow CONNECT to this host and port"
-                ),
-                Error::ProxyUnreachable { .. } => format!(
-                    "the proxy could not reach {target}: check the proxy's own DNS and outbound access"
-                ),
-                Error::ProxyProtocol { .. } => format!(
-                    "this does not answer like an HTTP proxy: check the port in {key} (SOCKS proxies are not supported)"
-                ),
-                Error::Timeout { .. } => "the proxy did not answer in time: is this port a proxy?".to_owned(),
-                _ => format!("the CONNECT to {target} failed"),
-            };
-            checks.push(fail(name, &err, hint));
-        }
+    match connector.tunnel(stream, proxy, key, target).await {
+        Ok(_) => checks.push(pass(
+            ProxyCheckStep::Connect,
+            key,
+            name,
+            "the proxy opened the tunnel (2xx)".to_owned(),
+        )),
+        Err(err) => checks.push(fail(ProxyCheckStep::Connect, key, name, err)),
     }
     checks
 }
 
 async fn tls_check(
-    outbound: &Outbound,
+    connector: &Connector,
     key: &'static str,
     proxy: &ProxyUrl,
     tcp: Stream,
-) -> (Check, Option<Stream>) {
-    let shared = outbound.shared();
+) -> (ProxyCheck, Option<Stream>) {
     let name = format!("TLS to {key} {proxy}");
-    let host = proxy.host().to_string();
-    let bare = crate::proxy_url::unbracket(&host).to_owned();
-    let limit = shared.timeouts.connect;
-    let config = shared.tls.config(TlsKind::Regular, &bare);
-    match handshake(tcp, config, &bare, format!("proxy {proxy}"), true, limit).await {
+    let limit = connector.connect_limit();
+    match connector.proxy_tls(tcp, proxy, limit).await {
         Ok(stream) => {
             let certificate = stream.tls().and_then(leaf_info);
-            let check = Check {
+            let host = proxy.host().to_string();
+            let detail = format!(
+                "certificate verified for {}",
+                crate::proxy_url::unbracket(&host)
+            );
+            let check = ProxyCheck {
                 certificate,
-                ..pass(name, format!("certificate verified for {bare}"))
+                ..pass(ProxyCheckStep::Tls, key, name, detail)
             };
             (check, Some(stream))
         }
         Err(err) => {
             // Look at the certificate anyway, without verifying, to show what was presented.
-            let mut certificate = None;
-            if let Ok(tcp) = tcp_connect(shared.tcp_for(None), &host, proxy.port(), limit, || {
-                host.clone()
-            })
-            .await
-            {
-                if let Ok(stream) = handshake(
-                    tcp,
-                    shared.tls.insecure(),
-                    &bare,
-                    String::new(),
-                    true,
-                    limit,
-                )
-                .await
-                {
-                    certificate = stream.tls().and_then(leaf_info);
+            let certificate = match connector.proxy_tcp(proxy).await {
+                Ok(tcp) => {
+                    let host = proxy.host().to_string();
+                    let bare = crate::proxy_url::unbracket(&host);
+                    let insecure = connector.tls_configs().insecure();
+                    handshake(tcp, insecure, bare, String::new(), true, limit)
+                        .await
+                        .ok()
+                        .and_then(|s| s.tls().and_then(leaf_info))
                 }
-            }
-            let hint = match &err {
-                Error::Certificate { .. } => format!(
-                    "the proxy's certificate is not trusted for {bare}: install the CA that issued it in the \
-                     system trust store (or point SSL_CERT_FILE at it); to test whether this is the problem, \
-                     use_insecure_ssl_client_just_for_testing_do_not_use: true turns the check off"
-                ),
-                _ => format!("is this a TLS port? if the proxy speaks plain HTTP, write http:// in {key}"),
+                Err(_) => None,
             };
-            (
-                Check {
-                    certificate,
-                    ..fail(name, &err, hint)
-                },
-                None,
-            )
+            let check = ProxyCheck {
+                certificate,
+                ..fail(ProxyCheckStep::Tls, key, name, err)
+            };
+            (check, None)
         }
     }
 }
 
 /// The leaf certificate of a TLS session, if it parses.
-pub fn leaf_info(tls: &rustls::ClientConnection) -> Option<CertificateInfo> {
+pub(crate) fn leaf_info(tls: &rustls::ClientConnection) -> Option<CertificateInfo> {
     let der = tls.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let names = cert
@@ -197,22 +185,24 @@ pub fn leaf_info(tls: &rustls::ClientConnection) -> Option<CertificateInfo> {
     })
 }
 
-fn pass(name: String, detail: String) -> Check {
-    Check {
+fn pass(step: ProxyCheckStep, key: &'static str, name: String, detail: String) -> ProxyCheck {
+    ProxyCheck {
+        step,
+        key,
         name,
-        ok: true,
         detail,
-        hint: None,
+        error: None,
         certificate: None,
     }
 }
 
-fn fail(name: String, err: &Error, hint: String) -> Check {
-    Check {
+fn fail(step: ProxyCheckStep, key: &'static str, name: String, err: Error) -> ProxyCheck {
+    ProxyCheck {
+        step,
+        key,
         name,
-        ok: false,
-        detail: err.to_string(),
-        hint: Some(hint),
+        detail: crate::error::chain(&err),
+        error: Some(err),
         certificate: None,
     }
 }

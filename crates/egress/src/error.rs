@@ -69,8 +69,38 @@ pub enum ConfigError {
     },
 }
 
-/// Why an outbound request failed. Messages name the host, the proxy
-/// (password masked) and what to check; credentials never appear.
+/// Which wait ran out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutStep {
+    /// Resolving the name and opening the TCP connection (to the origin or the proxy).
+    Connect,
+    /// A TLS handshake (with the proxy or the origin).
+    TlsHandshake,
+    /// The proxy's answer to `CONNECT`.
+    ProxyReply,
+    /// The response headers: the whole request's time limit.
+    Response,
+    /// More of the response body, after it had sent nothing for a while.
+    BodyIdle,
+}
+
+impl TimeoutStep {
+    fn describe(self) -> &'static str {
+        match self {
+            TimeoutStep::Connect => "connecting to",
+            TimeoutStep::TlsHandshake => "in the TLS handshake with",
+            TimeoutStep::ProxyReply => "waiting for the answer to CONNECT from",
+            TimeoutStep::Response => "waiting for the response from",
+            TimeoutStep::BodyIdle => "waiting for more of the response body from",
+        }
+    }
+}
+
+/// Why an outbound request failed. Each variant states one fact and carries
+/// it typed (status codes, the I/O error as `source()`); advice on what to do
+/// is the application's business (the `egress` CLI adds it). Proxies are
+/// shown with their password masked; credentials never appear.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -83,6 +113,16 @@ pub enum Error {
         /// The URL.
         url: String,
         /// What is wrong.
+        problem: String,
+    },
+    /// A redirect's `Location` cannot be resolved to an http(s) URL.
+    #[error("the redirect from {from} has an unusable Location `{location}`: {problem}")]
+    BadRedirect {
+        /// The URL that answered with the redirect.
+        from: String,
+        /// The `Location` header as sent.
+        location: String,
+        /// What is wrong with it.
         problem: String,
     },
     /// The routing decision refused the URL (an IP literal in the blocklist).
@@ -102,7 +142,7 @@ pub enum Error {
         blocked: crate::Blocked,
     },
     /// The host name could not be resolved.
-    #[error("cannot resolve {host}: {source}")]
+    #[error("cannot resolve {host}")]
     Resolve {
         /// The host name.
         host: String,
@@ -110,35 +150,39 @@ pub enum Error {
         source: std::io::Error,
     },
     /// TCP connection to the origin or the proxy failed.
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}")]
     Connect {
         /// `host:port`, or `proxy http://…:3128`.
         target: String,
-        /// Why.
+        /// The connect error.
         source: std::io::Error,
     },
-    /// The proxy asks for credentials (407, or 401 from tinyproxy).
-    #[error("proxy {proxy} requires authentication for {target}: it answered `{status_line}`{}. Check the user name and password in {key}", scheme.as_ref().map(|s| format!(" (Proxy-Authenticate: {s})")).unwrap_or_default())]
+    /// The proxy asks for credentials (407, or a 401 the proxy made itself, as tinyproxy does).
+    #[error("proxy {proxy} requires authentication for {target}: it answered `{status_line}`{}", scheme.as_ref().map(|s| format!(" (Proxy-Authenticate: {s})")).unwrap_or_default())]
     ProxyAuth {
         /// The proxy, password masked.
         proxy: String,
         /// `host:port` asked for.
         target: String,
-        /// The proxy's status line.
+        /// The proxy's status code.
+        status: http::StatusCode,
+        /// The proxy's status line, for display.
         status_line: String,
         /// The scheme the proxy asks for (`Basic`, `Negotiate`, …).
         scheme: Option<String>,
-        /// `http_proxy` or `https_proxy`.
+        /// The setting that names the proxy: `http_proxy` or `https_proxy`.
         key: &'static str,
     },
     /// The proxy refuses to connect there (403).
-    #[error("proxy {proxy} refused CONNECT {target}: `{status_line}`. Its access rules do not allow this destination")]
+    #[error("proxy {proxy} refused CONNECT {target}: it answered `{status_line}`")]
     ProxyForbidden {
         /// The proxy.
         proxy: String,
         /// `host:port`.
         target: String,
-        /// The proxy's status line.
+        /// The proxy's status code.
+        status: http::StatusCode,
+        /// The proxy's status line, for display.
         status_line: String,
     },
     /// The proxy could not reach the destination (502, 503, 504).
@@ -148,17 +192,21 @@ pub enum Error {
         proxy: String,
         /// `host:port`.
         target: String,
-        /// The proxy's status line.
+        /// The proxy's status code.
+        status: http::StatusCode,
+        /// The proxy's status line, for display.
         status_line: String,
     },
     /// Any other non-2xx CONNECT reply.
-    #[error("proxy {proxy} failed CONNECT {target}: `{status_line}`")]
+    #[error("proxy {proxy} failed CONNECT {target}: it answered `{status_line}`")]
     ProxyStatus {
         /// The proxy.
         proxy: String,
         /// `host:port`.
         target: String,
-        /// The proxy's status line.
+        /// The proxy's status code.
+        status: http::StatusCode,
+        /// The proxy's status line, for display.
         status_line: String,
     },
     /// The proxy's reply is not HTTP, too large, or cut short.
@@ -170,9 +218,11 @@ pub enum Error {
         target: String,
         /// What was wrong.
         problem: String,
+        /// The I/O error, when the connection failed.
+        source: Option<std::io::Error>,
     },
     /// A TLS certificate was not accepted.
-    #[error("TLS certificate of {peer} was not accepted: {source}.{}", hint(*is_proxy))]
+    #[error("TLS certificate of {peer} was not accepted")]
     Certificate {
         /// `proxy https://…` or the origin host.
         peer: String,
@@ -182,7 +232,7 @@ pub enum Error {
         source: rustls::Error,
     },
     /// The TLS handshake failed for another reason.
-    #[error("TLS handshake with {peer} failed: {source}")]
+    #[error("TLS handshake with {peer} failed")]
     Tls {
         /// `proxy https://…` or the origin host.
         peer: String,
@@ -190,10 +240,12 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A step did not finish in time.
-    #[error("timed out after {after:?} {step}")]
+    #[error("timed out after {after:?} {} {peer}", step.describe())]
     Timeout {
         /// What was being waited for.
-        step: String,
+        step: TimeoutStep,
+        /// Whom it was waiting for: `host:port`, or `proxy http://…`.
+        peer: String,
         /// The limit.
         after: std::time::Duration,
     },
@@ -201,7 +253,7 @@ pub enum Error {
     #[error("more than {0} redirects")]
     TooManyRedirects(usize),
     /// The HTTP exchange with the origin (or forwarding proxy) failed.
-    #[error("HTTP error talking to {peer}: {source}")]
+    #[error("HTTP exchange with {peer} failed")]
     Http {
         /// The origin or proxy.
         peer: String,
@@ -210,20 +262,37 @@ pub enum Error {
     },
 }
 
-fn hint(is_proxy: bool) -> &'static str {
-    if is_proxy {
-        " The proxy's certificate must be issued for the proxy's host name by a CA in the system \
-         trust store (SSL_CERT_FILE / SSL_CERT_DIR add one). To test whether this is the problem, \
-         `use_insecure_ssl_client_just_for_testing_do_not_use: true` turns the check off \
-         (never in production)"
-    } else {
-        ""
-    }
-}
-
 impl Error {
-    /// True when a time limit passed.
+    /// True when a time limit passed ([`Error::Timeout`]).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
     }
+
+    /// The proxy's status code, for the errors that carry one.
+    pub fn proxy_status(&self) -> Option<http::StatusCode> {
+        match self {
+            Error::ProxyAuth { status, .. }
+            | Error::ProxyForbidden { status, .. }
+            | Error::ProxyUnreachable { status, .. }
+            | Error::ProxyStatus { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// An error and its sources, joined with `: ` (for messages that embed an
+/// error, as the doctor's details and federation's per-target list do).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        // Wrappers often repeat their cause's text: print it once.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }

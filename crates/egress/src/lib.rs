@@ -45,32 +45,37 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
-pub mod blocklist;
-pub mod client;
-pub mod connect;
-pub mod doctor;
-pub mod env;
+mod blocklist;
+mod client;
+mod connect;
+#[cfg(feature = "doctor")]
+mod doctor;
+mod env;
 mod error;
 pub mod federation;
-pub mod homeserver;
+mod homeserver;
 mod ip_table;
-pub mod no_proxy;
-pub mod proxy_url;
-pub mod purpose;
-pub mod route;
-pub mod settings;
-pub mod tls_policy;
+mod no_proxy;
+mod proxy_url;
+mod purpose;
+mod route;
+mod settings;
+mod tls_policy;
 
 pub use blocklist::{Blocked, Blocklist};
-pub use client::{Body, Client, Outbound, OutboundBuilder};
+pub use client::{Body, Client, Outbound, OutboundBuilder, PoolStats, RequestBody, MAX_REDIRECTS};
+pub use connect::stream::ConnectedStream;
 pub use connect::{Connector, Timeouts};
-pub use env::ProxyEnv;
-pub use error::{ConfigError, Error};
-pub use homeserver::HomeserverYaml;
-pub use no_proxy::{NoProxy, NoProxyMatch};
-pub use proxy_url::{Credentials, ProxyScheme, ProxyUrl};
-pub use purpose::Purpose;
+#[cfg(feature = "doctor")]
+pub use doctor::{check_proxy, CertificateInfo, ProxyCheck, ProxyCheckStep};
+pub use env::{EnvVar, ProxyEnv};
+pub use error::{ConfigError, Error, TimeoutStep};
+pub use homeserver::{HomeserverYaml, Key};
+pub use no_proxy::{NoProxy, NoProxyMatch, NoProxyWarning};
+pub use proxy_url::{mask_password, Credentials, Host, ProxyScheme, ProxyUrl, ProxyUrlError};
+pub use purpose::{BlocklistKind, ProxyUse, Purpose, TlsKind, UnknownPurpose};
 pub use route::{Reason, Route, Scheme};
 pub use settings::{Blocklists, ProxySettings, Source, Sourced};
 pub use tls_policy::TlsPolicy;

@@ -6,8 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use egress::connect::Timeouts;
-use egress::{Error, HomeserverYaml, Outbound, ProxyEnv, ProxySettings, Purpose};
+use egress::{Error, HomeserverYaml, Outbound, ProxyEnv, ProxySettings, Purpose, Timeouts};
 use http_body_util::BodyExt;
 use support::*;
 
@@ -149,32 +148,7 @@ async fn oversized_reply_headers_fail() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trailing_bytes_in_the_same_packet_are_kept() {
-    // The 200 and the first bytes from the far end arrive in one write: the
-    // tunnel must hand those bytes on, not drop them with the reply.
-    let glued = b"HTTP/1.1 200 OK\r\n\r\nHELLO".to_vec();
-    let proxy = FakeProxy::start(Fault::Reply(vec![glued], None));
-    let out = outbound_via(proxy.port, quick());
-    let uri: http::Uri = "https://localhost:1/".parse().unwrap();
-    let route = egress::Route::decide(out.settings(), Purpose::Push, &uri);
-    let target = egress::connect::Target {
-        scheme: egress::Scheme::Http,
-        host: "localhost",
-        port: 1,
-        server_name: "localhost",
-        tls: egress::purpose::TlsKind::Regular,
-    };
-    let mut stream = out
-        .connector(Purpose::Push)
-        .connect(&route, &target)
-        .await
-        .unwrap();
-    use tokio::io::AsyncReadExt;
-    let mut first = [0u8; 5];
-    stream.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HELLO");
-}
+// Bytes glued to the CONNECT reply: a unit test in connect/tunnel.rs (it needs the raw tunnel).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_before_replying_and_silence() {

@@ -11,10 +11,12 @@
 //! [`Connector`] is a `tower::Service<Uri>` that decides the route and stacks
 //! the layers, for people who bring their own hyper client.
 
-pub mod resolve;
-pub mod stream;
-pub mod tls;
-pub mod tunnel;
+pub(crate) mod resolve;
+pub(crate) mod stream;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
+
+pub(crate) use self::tunnel::authority;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -29,13 +31,13 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tower_service::Service;
 
-use self::resolve::{BlockedAnswer, BlocklistResolver, Overrides};
+use self::resolve::{BlockedAnswer, BlocklistResolver, Overrides, Unresolved};
 use self::stream::{ConnectedStream, Stream};
 use self::tls::TlsConfigs;
 use crate::proxy_url::unbracket;
 use crate::purpose::{BlocklistKind, TlsKind};
 use crate::route::Scheme;
-use crate::{Blocklist, Error, ProxyScheme, ProxySettings, ProxyUrl, Purpose, Route};
+use crate::{Blocklist, Error, ProxyScheme, ProxySettings, ProxyUrl, Purpose, Route, TimeoutStep};
 
 /// Time limits. Every network wait has one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +83,10 @@ pub(crate) struct Shared {
     pub(crate) settings: Arc<ProxySettings>,
     pub(crate) tls: TlsConfigs,
     pub(crate) timeouts: Timeouts,
-    direct: [HttpConnector<BlocklistResolver>; 4],
+    /// hyper-util's TCP connectors (happy eyeballs), one per blocklist
+    /// (none, general, federation, URL preview) and connect limit (regular,
+    /// federation): the limit reaches the TCP attempts themselves.
+    direct: [HttpConnector<BlocklistResolver>; 8],
 }
 
 impl Shared {
@@ -92,22 +97,30 @@ impl Shared {
         overrides: Overrides,
     ) -> Shared {
         let lists = settings.blocklists();
-        let tcp = |list: Option<&Blocklist>| {
+        let tcp = |list: Option<&Blocklist>, limit: Duration| {
             let mut http = HttpConnector::new_with_resolver(BlocklistResolver::new(
                 list.cloned(),
                 overrides.clone(),
             ));
             http.enforce_http(false);
             http.set_nodelay(true);
-            http.set_connect_timeout(Some(timeouts.connect));
+            http.set_connect_timeout(Some(limit));
             http
         };
-        let direct = [
-            tcp(None),
-            tcp(Some(&lists.general)),
-            tcp(Some(&lists.federation)),
-            tcp(Some(&lists.url_preview)),
+        let lists = [
+            None,
+            Some(&lists.general),
+            Some(&lists.federation),
+            Some(&lists.url_preview),
         ];
+        let direct = std::array::from_fn(|i| {
+            let limit = if i < 4 {
+                timeouts.connect
+            } else {
+                timeouts.federation_connect
+            };
+            tcp(lists[i % 4], limit)
+        });
         Shared {
             settings,
             tls,
@@ -116,35 +129,47 @@ impl Shared {
         }
     }
 
-    /// The TCP connector for a purpose's blocklist (index 0: none).
-    pub(crate) fn tcp_for(&self, kind: Option<BlocklistKind>) -> HttpConnector<BlocklistResolver> {
-        let index = match kind {
+    /// The TCP connector for a blocklist (`None`: no list, for proxies) and a
+    /// purpose's connect limit.
+    pub(crate) fn tcp_for(
+        &self,
+        kind: Option<BlocklistKind>,
+        purpose: Purpose,
+    ) -> HttpConnector<BlocklistResolver> {
+        let list = match kind {
             None => 0,
             Some(BlocklistKind::General) => 1,
             Some(BlocklistKind::Federation) => 2,
             Some(BlocklistKind::UrlPreview) => 3,
         };
-        self.direct[index].clone()
+        let limit = match purpose.tls() {
+            TlsKind::Federation => 4,
+            _ => 0,
+        };
+        self.direct[limit + list].clone()
     }
 }
 
 /// Where a connection goes, once routed.
 #[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// `http` or `https`.
-    pub scheme: Scheme,
+    pub(crate) scheme: Scheme,
     /// The host to connect to (as in the URL; IPv6 with or without brackets).
-    pub host: &'a str,
+    pub(crate) host: &'a str,
     /// The port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The name TLS verifies and sends as SNI: the host, except for
     /// federation, where it is the server name.
-    pub server_name: &'a str,
+    pub(crate) server_name: &'a str,
     /// Which certificate rules apply.
-    pub tls: TlsKind,
+    pub(crate) tls: TlsKind,
 }
 
-/// Connects routes to streams for one purpose; also a `tower::Service<Uri>`.
+/// Connects URIs for one purpose: decides the route with
+/// [`Route::decide`] and makes that connection, with the purpose's
+/// blocklist, proxy rules and TLS policy. A `tower::Service<Uri>`, so it
+/// plugs into hyper-util's legacy client.
 #[derive(Clone)]
 pub struct Connector {
     shared: Arc<Shared>,
@@ -161,8 +186,13 @@ impl Connector {
         self.purpose
     }
 
-    /// Makes the connection `route` describes to `target`.
-    pub async fn connect(&self, route: &Route<'_>, target: &Target<'_>) -> Result<Stream, Error> {
+    /// Makes the connection `route` describes to `target`. Crate-private: the
+    /// route must come from the decision, never from a caller.
+    pub(crate) async fn connect(
+        &self,
+        route: &Route<'_>,
+        target: &Target<'_>,
+    ) -> Result<Stream, Error> {
         let shared = &self.shared;
         let connect_limit = shared.timeouts.connect_for(self.purpose);
         let authority = tunnel::authority(target.host, target.port);
@@ -173,7 +203,7 @@ impl Connector {
             }),
             Route::Direct { blocklist, .. } => {
                 // The route's list is the purpose's (none for purposes without one).
-                let tcp = shared.tcp_for(blocklist.and(self.purpose.blocklist()));
+                let tcp = shared.tcp_for(blocklist.and(self.purpose.blocklist()), self.purpose);
                 let stream = tcp_connect(tcp, target.host, target.port, connect_limit, || {
                     authority.clone()
                 })
@@ -186,14 +216,9 @@ impl Connector {
             Route::Forward { proxy, .. } => self.proxy_stream(proxy, connect_limit).await,
             Route::Tunnel { proxy, .. } => {
                 let stream = self.proxy_stream(proxy, connect_limit).await?;
-                let stream = tunnel::connect(
-                    stream,
-                    proxy,
-                    "https_proxy",
-                    &authority,
-                    shared.timeouts.connect_reply,
-                )
-                .await?;
+                let stream = self
+                    .tunnel(stream, proxy, "https_proxy", &authority)
+                    .await?;
                 match target.scheme {
                     Scheme::Http => Ok(stream),
                     Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
@@ -204,22 +229,64 @@ impl Connector {
 
     /// TCP (and TLS for an `https://` proxy) to the proxy.
     async fn proxy_stream(&self, proxy: &ProxyUrl, limit: Duration) -> Result<Stream, Error> {
-        let host = proxy.host().to_string();
-        let tcp = self.shared.tcp_for(None);
-        let stream =
-            tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await?;
+        let stream = self.proxy_tcp(proxy).await?;
         match proxy.scheme() {
             ProxyScheme::Http => Ok(stream),
-            ProxyScheme::Https => {
-                let name = unbracket(&host);
-                let kind = match self.purpose.tls() {
-                    TlsKind::Federation => TlsKind::Federation,
-                    _ => TlsKind::Regular,
-                };
-                let config = self.shared.tls.config(kind, name);
-                handshake(stream, config, name, format!("proxy {proxy}"), true, limit).await
-            }
+            ProxyScheme::Https => self.proxy_tls(stream, proxy, limit).await,
         }
+    }
+
+    /// TCP to the proxy (its own address is never checked against a blocklist).
+    pub(crate) async fn proxy_tcp(&self, proxy: &ProxyUrl) -> Result<Stream, Error> {
+        let host = proxy.host().to_string();
+        let tcp = self.shared.tcp_for(None, self.purpose);
+        let limit = self.shared.timeouts.connect_for(self.purpose);
+        tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await
+    }
+
+    /// TLS to an `https://` proxy, with the purpose's certificate rules.
+    pub(crate) async fn proxy_tls(
+        &self,
+        stream: Stream,
+        proxy: &ProxyUrl,
+        limit: Duration,
+    ) -> Result<Stream, Error> {
+        let host = proxy.host().to_string();
+        let name = unbracket(&host);
+        let kind = match self.purpose.tls() {
+            TlsKind::Federation => TlsKind::Federation,
+            _ => TlsKind::Regular,
+        };
+        let config = self.shared.tls.config(kind, name);
+        handshake(stream, config, name, format!("proxy {proxy}"), true, limit).await
+    }
+
+    /// `CONNECT target` through the proxy on `stream`.
+    pub(crate) async fn tunnel(
+        &self,
+        stream: Stream,
+        proxy: &ProxyUrl,
+        key: &'static str,
+        target: &str,
+    ) -> Result<Stream, Error> {
+        tunnel::connect(
+            stream,
+            proxy,
+            key,
+            target,
+            self.shared.timeouts.connect_reply,
+        )
+        .await
+    }
+
+    /// The connect limit of this connector's purpose.
+    pub(crate) fn connect_limit(&self) -> Duration {
+        self.shared.timeouts.connect_for(self.purpose)
+    }
+
+    /// The TLS configurations in use.
+    pub(crate) fn tls_configs(&self) -> &TlsConfigs {
+        &self.shared.tls
     }
 
     async fn origin_tls(
@@ -231,6 +298,35 @@ impl Connector {
         let name = unbracket(target.server_name);
         let config = self.shared.tls.config(target.tls, name);
         handshake(stream, config, name, name.to_owned(), false, limit).await
+    }
+
+    /// Connects to `host:port` the way a request to a discovered federation
+    /// target does — routed by the decision for `host`, TLS verified for
+    /// `tls_name` under this purpose's rules — and closes the connection
+    /// again. Returns the certificate the server presented.
+    #[cfg(feature = "doctor")]
+    pub async fn probe_tls(
+        &self,
+        host: &str,
+        port: u16,
+        tls_name: &str,
+    ) -> Result<Option<crate::CertificateInfo>, Error> {
+        let route = Route::for_target(
+            &self.shared.settings,
+            self.purpose,
+            Scheme::Https,
+            host,
+            port,
+        );
+        let target = Target {
+            scheme: Scheme::Https,
+            host,
+            port,
+            server_name: tls_name,
+            tls: self.purpose.tls(),
+        };
+        let stream = self.connect(&route, &target).await?;
+        Ok(stream.tls().and_then(crate::doctor::leaf_info))
     }
 
     /// Decides the route for `uri` and connects. Forwarding connections are
@@ -302,63 +398,66 @@ pub(crate) async fn tcp_connect(
             url: host.to_owned(),
             problem: e.to_string(),
         })?;
-    let attempt = tokio::time::timeout(limit, tcp.call(uri)).await;
-    let err = match attempt {
+    let timeout = || Error::Timeout {
+        step: TimeoutStep::Connect,
+        peer: describe(),
+        after: limit,
+    };
+    // hyper-util's own limit is the same; this one also bounds name resolution.
+    let err = match tokio::time::timeout(limit, tcp.call(uri)).await {
         Ok(Ok(tcp)) => {
             let tcp = tcp.into_inner();
             tracing::debug!(peer = ?tcp.peer_addr().ok(), "connected to {}", describe());
             return Ok(Stream::Tcp(tcp));
         }
         Ok(Err(err)) => err,
-        Err(_) => {
-            return Err(Error::Timeout {
-                step: format!("connecting to {}", describe()),
-                after: limit,
-            })
-        }
+        Err(_) => return Err(timeout()),
     };
-    // hyper-util's ConnectError says "dns error" or "tcp connect error"; the cause is its source.
-    let is_dns = err.to_string().starts_with("dns error");
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        if let Some(blocked) = cause.downcast_ref::<BlockedAnswer>() {
-            return Err(Error::Blocked {
-                host: blocked.host.clone(),
-                blocked: blocked.blocked,
-            });
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if let Some(blocked) = io.get_ref().and_then(|e| e.downcast_ref::<BlockedAnswer>()) {
+    // Sort by the types in the error's chain: our resolver's refusal and
+    // failure, and the I/O error of the attempt.
+    // An io::Error's `source()` skips the error it wraps: look inside too.
+    let mut last_io: Option<&std::io::Error> = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
+    while let Some(current) = cause {
+        let io = current.downcast_ref::<std::io::Error>();
+        let inner = io
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        for candidate in [Some(current), inner].into_iter().flatten() {
+            if let Some(blocked) = candidate.downcast_ref::<BlockedAnswer>() {
                 return Err(Error::Blocked {
                     host: blocked.host.clone(),
                     blocked: blocked.blocked,
                 });
             }
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return Err(Error::Timeout {
-                    step: format!("connecting to {}", describe()),
-                    after: limit,
+            if let Some(unresolved) = candidate.downcast_ref::<Unresolved>() {
+                return Err(Error::Resolve {
+                    host: host.to_owned(),
+                    source: copy_io_error(&unresolved.source),
                 });
             }
-            let io = std::io::Error::new(io.kind(), io.to_string());
-            return Err(if is_dns {
-                Error::Resolve {
-                    host: host.to_owned(),
-                    source: io,
-                }
-            } else {
-                Error::Connect {
-                    target: describe(),
-                    source: io,
-                }
-            });
         }
-        source = cause.source();
+        if let Some(io) = io {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return Err(timeout());
+            }
+            last_io = Some(io);
+        }
+        cause = current.source();
     }
     Err(Error::Connect {
         target: describe(),
-        source: std::io::Error::other(err.to_string()),
+        source: last_io.map_or_else(|| std::io::Error::other(err.to_string()), copy_io_error),
     })
+}
+
+/// An owned copy of an I/O error found by reference in a chain: the OS
+/// error code when there is one, else its kind and text.
+fn copy_io_error(io: &std::io::Error) -> std::io::Error {
+    match io.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(io.kind(), io.to_string()),
+    }
 }
 
 /// A TLS handshake over `stream`, verifying `name` (a DNS name or IP address).
@@ -395,7 +494,8 @@ pub(crate) async fn handshake(
             }
         }
         Err(_) => Err(Error::Timeout {
-            step: format!("in the TLS handshake with {peer}"),
+            step: TimeoutStep::TlsHandshake,
+            peer,
             after: limit,
         }),
     }

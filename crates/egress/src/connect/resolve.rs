@@ -18,30 +18,42 @@ use tower_service::Service;
 use crate::{Blocked, Blocklist};
 
 /// Host name → addresses that replace DNS for it (curl's `--resolve`, and tests).
-pub type Overrides = Arc<HashMap<String, Vec<IpAddr>>>;
+pub(crate) type Overrides = Arc<HashMap<String, Vec<IpAddr>>>;
 
 /// The error a resolver returns when an answer is blocked; found again by
 /// walking the error's sources.
 #[derive(Debug, thiserror::Error)]
 #[error("{host} resolves to {blocked}")]
-pub struct BlockedAnswer {
+pub(crate) struct BlockedAnswer {
     /// The name.
-    pub host: String,
+    pub(crate) host: String,
     /// The blocked address and its range.
-    pub blocked: Blocked,
+    pub(crate) blocked: Blocked,
+}
+
+/// The error a resolver returns when a name has no address (or DNS
+/// failed); found again by type, as [`BlockedAnswer`] is.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host}")]
+pub(crate) struct Unresolved {
+    /// The name.
+    pub(crate) host: String,
+    /// The resolver's error.
+    #[source]
+    pub(crate) source: io::Error,
 }
 
 /// Resolves with the system resolver (or `overrides`) and refuses the whole
 /// answer if any address is in `blocklist`.
 #[derive(Clone)]
-pub struct BlocklistResolver {
+pub(crate) struct BlocklistResolver {
     blocklist: Option<Blocklist>,
     overrides: Overrides,
 }
 
 impl BlocklistResolver {
     /// A resolver applying `blocklist`, if any.
-    pub fn new(blocklist: Option<Blocklist>, overrides: Overrides) -> BlocklistResolver {
+    pub(crate) fn new(blocklist: Option<Blocklist>, overrides: Overrides) -> BlocklistResolver {
         BlocklistResolver {
             blocklist,
             overrides,
@@ -49,17 +61,29 @@ impl BlocklistResolver {
     }
 
     /// Resolves `host` (port 0 in the answers; the connector sets the port).
-    pub async fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
+    pub(crate) async fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
         let key = host.trim_end_matches('.').to_ascii_lowercase();
+        let unresolved = |source: io::Error| {
+            io::Error::new(
+                source.kind(),
+                Unresolved {
+                    host: host.to_owned(),
+                    source,
+                },
+            )
+        };
         let addrs: Vec<SocketAddr> = match self.overrides.get(&key) {
             Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
-            None => tokio::net::lookup_host((host, 0)).await?.collect(),
+            None => tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(unresolved)?
+                .collect(),
         };
         if addrs.is_empty() {
-            return Err(io::Error::new(
+            return Err(unresolved(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("{host} has no address"),
-            ));
+                "the name has no address",
+            )));
         }
         if let Some(list) = &self.blocklist {
             if let Some(blocked) = addrs.iter().find_map(|a| list.check(a.ip())) {

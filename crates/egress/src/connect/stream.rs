@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 /// A connected stream. `Debug` names the layers.
-pub enum Stream {
+pub(crate) enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS over another stream (to the proxy, or to the origin).
@@ -24,7 +24,7 @@ pub enum Stream {
 
 impl Stream {
     /// The TLS session of the outermost TLS layer, if any.
-    pub fn tls(&self) -> Option<&rustls::ClientConnection> {
+    pub(crate) fn tls(&self) -> Option<&rustls::ClientConnection> {
         match self {
             Stream::Tls(tls) => Some(tls.get_ref().1),
             Stream::Prefixed(_, inner) => inner.tls(),
@@ -105,13 +105,20 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// For hyper-util's legacy client: a connection made through a forwarding
-/// proxy says so, so that the client sends absolute-form requests.
+/// A connection made by a [`Connector`](crate::Connector), for hyper-util's
+/// legacy client: one made to a forwarding proxy says so, so that the client
+/// sends absolute-form requests.
+#[derive(Debug)]
 pub struct ConnectedStream {
-    /// The stream.
-    pub stream: Stream,
+    pub(crate) stream: Stream,
+    pub(crate) forwarding_proxy: bool,
+}
+
+impl ConnectedStream {
     /// True for a connection to an `http_proxy` that forwards requests.
-    pub forwarding_proxy: bool,
+    pub fn is_forwarding_proxy(&self) -> bool {
+        self.forwarding_proxy
+    }
 }
 
 impl Connection for ConnectedStream {

@@ -11,13 +11,13 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::stream::Stream;
-use crate::{Error, ProxyUrl};
+use crate::{Error, ProxyUrl, TimeoutStep};
 
 /// The most a proxy may send before the blank line that ends its reply.
-pub const MAX_REPLY_HEADER: usize = 64 * 1024;
+pub(crate) const MAX_REPLY_HEADER: usize = 64 * 1024;
 
 /// `host:port` as written in a CONNECT line and its Host header: IPv6 in brackets.
-pub fn authority(host: &str, port: u16) -> String {
+pub(crate) fn authority(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
@@ -28,7 +28,7 @@ pub fn authority(host: &str, port: u16) -> String {
 /// Asks the proxy on `stream` for a tunnel to `target` (`host:port`) and
 /// returns the stream, now connected to the target. Bytes the proxy sent after
 /// its reply belong to the tunnel and are kept.
-pub async fn connect(
+pub(crate) async fn connect(
     mut stream: Stream,
     proxy: &ProxyUrl,
     key: &'static str,
@@ -49,20 +49,19 @@ pub async fn connect(
     }
     request.push_str("\r\n");
 
-    let protocol = |problem: String| Error::ProxyProtocol {
+    let protocol = |(problem, source): (String, Option<std::io::Error>)| Error::ProxyProtocol {
         proxy: proxy.to_string(),
         target: target.to_owned(),
         problem,
+        source,
     };
     let exchange = async {
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| protocol(format!("cannot send the CONNECT request: {e}")))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| protocol(format!("cannot send the CONNECT request: {e}")))?;
+        let sent = async {
+            stream.write_all(request.as_bytes()).await?;
+            stream.flush().await
+        };
+        sent.await
+            .map_err(|e| protocol(("it did not take the CONNECT request".to_owned(), Some(e))))?;
         read_reply(&mut stream).await.map_err(protocol)
     };
     let (status, status_line, auth_scheme, rest) =
@@ -70,19 +69,21 @@ pub async fn connect(
             Ok(reply) => reply?,
             Err(_) => {
                 return Err(Error::Timeout {
-                    step: format!("waiting for proxy {proxy} to answer CONNECT {target}"),
+                    step: TimeoutStep::ProxyReply,
+                    peer: format!("proxy {proxy} (CONNECT {target})"),
                     after: reply_timeout,
                 })
             }
         };
     tracing::info!(target: "egress::wire", "< {status_line} (from proxy)");
     let (proxy, target) = (proxy.to_string(), target.to_owned());
-    match status {
+    match status.as_u16() {
         200..=299 if rest.is_empty() => Ok(stream),
         200..=299 => Ok(Stream::Prefixed(rest.freeze(), Box::new(stream))),
         401 | 407 => Err(Error::ProxyAuth {
             proxy,
             target,
+            status,
             status_line,
             scheme: auth_scheme,
             key,
@@ -90,16 +91,19 @@ pub async fn connect(
         403 => Err(Error::ProxyForbidden {
             proxy,
             target,
+            status,
             status_line,
         }),
         502..=504 => Err(Error::ProxyUnreachable {
             proxy,
             target,
+            status,
             status_line,
         }),
         _ => Err(Error::ProxyStatus {
             proxy,
             target,
+            status,
             status_line,
         }),
     }
@@ -108,31 +112,34 @@ pub async fn connect(
 /// Reads until the end of the reply's header block. Returns the status code,
 /// the status line, the scheme of `Proxy-Authenticate` (or `WWW-Authenticate`)
 /// and any bytes after the blank line.
+type ReplyError = (String, Option<std::io::Error>);
+
 async fn read_reply(
     stream: &mut Stream,
-) -> Result<(u16, String, Option<String>, BytesMut), String> {
+) -> Result<(http::StatusCode, String, Option<String>, BytesMut), ReplyError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_REPLY_HEADER {
-            return Err(format!(
-                "its reply headers exceed {} KiB",
-                MAX_REPLY_HEADER / 1024
+            return Err((
+                format!("its reply headers exceed {} KiB", MAX_REPLY_HEADER / 1024),
+                None,
             ));
         }
         buf.reserve(4096.min(MAX_REPLY_HEADER - buf.len()));
         let n = stream
             .read_buf(&mut buf)
             .await
-            .map_err(|e| format!("reading its reply failed: {e}"))?;
+            .map_err(|e| ("reading its reply failed".to_owned(), Some(e)))?;
         if n == 0 {
-            return Err(if buf.is_empty() {
+            let problem = if buf.is_empty() {
                 "it closed the connection without replying".to_owned()
             } else {
                 format!(
                     "it closed the connection in the middle of its reply `{}`",
                     preview(&buf)
                 )
-            });
+            };
+            return Err((problem, None));
         }
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut reply = httparse::Response::new(&mut headers);
@@ -140,6 +147,13 @@ async fn read_reply(
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(len)) => {
                 let code = reply.code.unwrap_or_default();
+                // httparse reads exactly three digits; 100–999 is all `StatusCode` takes.
+                let status = http::StatusCode::from_u16(code).map_err(|_| {
+                    (
+                        format!("its status code {code} is not valid: `{}`", preview(&buf)),
+                        None,
+                    )
+                })?;
                 let status_line = format!(
                     "HTTP/1.{} {} {}",
                     reply.version.unwrap_or(1),
@@ -159,12 +173,17 @@ async fn read_reply(
                     .and_then(|v| v.split_whitespace().next())
                     .map(str::to_owned);
                 let rest = buf.split_off(len);
-                return Ok((code, status_line, scheme, rest));
+                return Ok((status, status_line, scheme, rest));
             }
             Err(httparse::Error::TooManyHeaders) => {
-                return Err("its reply has more than 100 header lines".to_owned())
+                return Err(("its reply has more than 100 header lines".to_owned(), None))
             }
-            Err(e) => return Err(format!("its reply is not HTTP ({e}): `{}`", preview(&buf))),
+            Err(e) => {
+                return Err((
+                    format!("its reply is not HTTP ({e}): `{}`", preview(&buf)),
+                    None,
+                ))
+            }
         }
     }
 }
@@ -190,6 +209,47 @@ mod tests {
         assert_eq!(authority("::1", 8448), "[::1]:8448");
         assert_eq!(authority("[::1]", 8448), "[::1]:8448");
         assert_eq!(authority("1.2.3.4", 80), "1.2.3.4:80");
+    }
+
+    /// A fake proxy (no real proxy sends its 200 and tunnel bytes in one
+    /// write on demand): the bytes after the reply belong to the tunnel.
+    #[tokio::test]
+    async fn bytes_glued_to_the_reply_are_kept() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\n\r\nHELLO")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let proxy = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut stream = connect(
+            Stream::Tcp(tcp),
+            &proxy,
+            "https_proxy",
+            "localhost:1",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let mut first = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut first))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first, b"HELLO");
     }
 
     #[test]

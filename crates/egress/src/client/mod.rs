@@ -1,0 +1,300 @@
+//! Pooled HTTP/1.1 clients, one per purpose, on top of the connectors.
+//!
+//! Every request, and every redirect hop, is routed by [`Route::decide`]
+//! and connected by the purpose's [`Connector`](crate::Connector): the
+//! blocklist, the proxy rules and the TLS policy cannot be skipped.
+
+mod body;
+mod outbound;
+mod pool;
+mod redirect;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, PROXY_AUTHORIZATION};
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+
+pub use self::body::Body;
+pub use self::outbound::{Outbound, OutboundBuilder};
+pub use self::pool::PoolStats;
+pub use self::redirect::MAX_REDIRECTS;
+
+use self::body::Return;
+use self::pool::PoolKey;
+use crate::connect::{authority, target_of, Target};
+use crate::purpose::TlsKind;
+use crate::{Error, Purpose, Route, TimeoutStep};
+
+/// The request body type: a whole body in memory.
+pub type RequestBody = Full<Bytes>;
+
+/// A client for one purpose. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    outbound: Outbound,
+    purpose: Purpose,
+    max_redirects: usize,
+}
+
+impl Client {
+    pub(crate) fn new(outbound: Outbound, purpose: Purpose) -> Client {
+        Client {
+            outbound,
+            purpose,
+            max_redirects: 0,
+        }
+    }
+
+    /// The purpose whose rules this client applies.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// Follows up to `max` redirects (at most [`MAX_REDIRECTS`]); every hop is
+    /// routed and checked anew.
+    #[must_use]
+    pub fn follow_redirects(mut self, max: usize) -> Client {
+        self.max_redirects = max.min(MAX_REDIRECTS);
+        self
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str) -> Result<Response<Body>, Error> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::BadUrl {
+                url: url.to_owned(),
+                problem: e.to_string(),
+            })?;
+        let request = Request::get(uri)
+            .body(RequestBody::default())
+            .expect("a GET request with a parsed URI is valid");
+        self.send(request).await
+    }
+
+    /// Sends a request, following redirects if enabled, within the request
+    /// time limit (up to the response headers).
+    pub async fn send(&self, request: Request<RequestBody>) -> Result<Response<Body>, Error> {
+        let uri = request.uri().clone();
+        let peer = move || {
+            uri.authority()
+                .map_or_else(|| uri.to_string(), |a| a.to_string())
+        };
+        self.within_limit(peer, self.send_following(request)).await
+    }
+
+    /// Sends a request to `host:port` instead of the URL's authority, as
+    /// federation does for SRV targets: TLS verification, SNI and `Host` still
+    /// use the URL's host. The route is decided for `host`. No redirects.
+    pub async fn send_to(
+        &self,
+        request: Request<RequestBody>,
+        host: &str,
+        port: u16,
+    ) -> Result<Response<Body>, Error> {
+        let tls = self.purpose.tls();
+        self.within_limit(
+            || authority(host, port),
+            self.send_once(request, tls, Some((host, port))),
+        )
+        .await
+    }
+
+    async fn within_limit(
+        &self,
+        peer: impl FnOnce() -> String,
+        exchange: impl std::future::Future<Output = Result<Response<Body>, Error>>,
+    ) -> Result<Response<Body>, Error> {
+        let limit = self.outbound.shared.timeouts.request;
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                step: TimeoutStep::Response,
+                peer: peer(),
+                after: limit,
+            }),
+        }
+    }
+
+    async fn send_following(
+        &self,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<Body>, Error> {
+        let mut hops = 0;
+        loop {
+            // A media redirect leaves Matrix: the hop uses the regular TLS rules.
+            let tls = match (self.purpose, hops) {
+                (Purpose::Media, 1..) => TlsKind::Regular,
+                _ => self.purpose.tls(),
+            };
+            let next = (self.max_redirects > 0).then(|| clone_request(&request));
+            let response = self.send_once(request, tls, None).await?;
+            let Some(mut next) = next else {
+                return Ok(response);
+            };
+            let status = response.status();
+            let Some(location) = redirect::location(status, response.headers()) else {
+                return Ok(response);
+            };
+            if hops >= self.max_redirects {
+                return Err(Error::TooManyRedirects(self.max_redirects));
+            }
+            let target = redirect::join(next.uri(), location)?;
+            tracing::info!(target: "egress::wire", "< redirect {} to {target}", status.as_u16());
+            redirect::rewrite(&mut next, status, target);
+            request = next;
+            hops += 1;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        mut request: Request<RequestBody>,
+        tls: TlsKind,
+        connect_to: Option<(&str, u16)>,
+    ) -> Result<Response<Body>, Error> {
+        let shared = &self.outbound.shared;
+        let uri = request.uri().clone();
+        let mut target = target_of(&uri, self.purpose)?;
+        target.tls = tls;
+        if let Some((host, port)) = connect_to {
+            target.host = host;
+            target.port = port;
+        }
+        let route = Route::for_target(
+            &shared.settings,
+            self.purpose,
+            target.scheme,
+            target.host,
+            target.port,
+        );
+        match connect_to {
+            Some((host, port)) => {
+                tracing::info!(target: "egress::wire", "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
+            }
+            None => {
+                tracing::info!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain())
+            }
+        }
+        let key = PoolKey::new(&route, &target);
+        prepare(&mut request, &route, &target);
+
+        let mut sender = match self.outbound.pool.checkout(&key).await {
+            Some(sender) => {
+                tracing::debug!(?key, "reusing a pooled connection");
+                sender
+            }
+            None => {
+                let stream = self
+                    .outbound
+                    .connector(self.purpose)
+                    .connect(&route, &target)
+                    .await?;
+                let (sender, connection) = hyper::client::conn::http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| Error::Http {
+                        peer: key.peer(),
+                        source,
+                    })?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+                sender
+            }
+        };
+        if let Route::Forward { proxy, .. } = route {
+            tracing::info!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
+            if let Some(credentials) = proxy.credentials() {
+                tracing::info!(target: "egress::wire", "> Proxy-Authorization: Basic *** (user {})", credentials.user());
+            }
+        } else {
+            tracing::info!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
+                request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| Error::Http {
+                peer: key.peer(),
+                source,
+            })?;
+        tracing::info!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
+        if let Route::Forward { proxy, .. } = route {
+            // A forwarding proxy's own refusal: 407, or a 401 the proxy made
+            // itself (tinyproxy does), told from an origin's 401 by the absence
+            // of `Via`, which proxies add to the responses they relay.
+            let headers = response.headers();
+            let status = response.status();
+            let from_proxy = !headers.contains_key(http::header::VIA);
+            if status == 407 || (status == 401 && from_proxy) {
+                let challenge = headers
+                    .get(http::header::PROXY_AUTHENTICATE)
+                    .or_else(|| headers.get(http::header::WWW_AUTHENTICATE));
+                return Err(Error::ProxyAuth {
+                    proxy: proxy.to_string(),
+                    target: authority(target.host, target.port),
+                    status,
+                    status_line: format!("{:?} {}", response.version(), status),
+                    scheme: challenge
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split_whitespace().next())
+                        .map(str::to_owned),
+                    key: "http_proxy",
+                });
+            }
+        }
+        let ret = Return {
+            pool: self.outbound.pool.clone(),
+            key,
+            sender,
+        };
+        let idle = shared.timeouts.body_idle;
+        Ok(response.map(|incoming| Body::new(incoming, ret, idle)))
+    }
+}
+
+/// Sets the request target form, `Host`, and `Proxy-Authorization` for the route.
+fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Target<'_>) {
+    let uri = request.uri().clone();
+    if !request.headers().contains_key(HOST) {
+        // The URL's authority as written, without any user info.
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(target.host);
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        if let Ok(value) = HeaderValue::from_str(host) {
+            request.headers_mut().insert(HOST, value);
+        }
+    }
+    // The origin never sees Proxy-Authorization; only a forwarding proxy does.
+    request.headers_mut().remove(PROXY_AUTHORIZATION);
+    match route {
+        Route::Forward { proxy, .. } => {
+            if let Some(credentials) = proxy.credentials() {
+                request.headers_mut().insert(
+                    PROXY_AUTHORIZATION,
+                    credentials.proxy_authorization().clone(),
+                );
+            }
+        }
+        _ => {
+            let origin_form = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            *request.uri_mut() = origin_form
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+        }
+    }
+}
+
+fn clone_request(request: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut clone = Request::new(request.body().clone());
+    *clone.method_mut() = request.method().clone();
+    *clone.uri_mut() = request.uri().clone();
+    *clone.headers_mut() = request.headers().clone();
+    *clone.version_mut() = request.version();
+    clone
+}

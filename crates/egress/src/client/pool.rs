@@ -1,0 +1,225 @@
+//! The connection pool, keyed by the route: direct to an origin, forwarding
+//! through a proxy (shared across origins), or a tunnel through a proxy to an
+//! origin. hyper-util's legacy pool keys by the request's origin, which
+//! cannot share forwarding connections.
+//!
+//! Memory stays bounded over a server's lifetime: at most
+//! `max_idle_per_key` idle connections per key, each dropped after
+//! `idle_timeout` by a reaper task that runs only while something is idle,
+//! and a key is removed with its last connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use super::RequestBody;
+use crate::connect::Target;
+use crate::purpose::TlsKind;
+use crate::{Route, Scheme};
+
+/// What a pooled connection is for: the same key means the same path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    /// `direct`, `forward` or `tunnel`.
+    kind: &'static str,
+    /// The proxy (`scheme://host:port`, no credentials), if any.
+    proxy: Option<String>,
+    /// The origin, except for forwarding (shared across origins).
+    origin: Option<String>,
+    /// TLS name and rules, when the origin is reached over TLS.
+    tls: Option<(String, TlsKind)>,
+}
+
+impl PoolKey {
+    pub(crate) fn new(route: &Route<'_>, target: &Target<'_>) -> PoolKey {
+        let proxy = route
+            .proxy()
+            .map(|p| format!("{}://{}:{}", p.scheme().as_str(), p.host(), p.port()));
+        let origin = || Some(crate::connect::authority(target.host, target.port));
+        let tls = || match target.scheme {
+            Scheme::Https => Some((target.server_name.to_owned(), target.tls)),
+            Scheme::Http => None,
+        };
+        match route {
+            Route::Forward { proxy: p, .. } => PoolKey {
+                kind: "forward",
+                // Credentials are part of what the proxy sees on every request.
+                proxy: proxy
+                    .map(|s| format!("{s}#{}", p.credentials().map(|c| c.user()).unwrap_or(""))),
+                origin: None,
+                tls: None,
+            },
+            Route::Tunnel { .. } => PoolKey {
+                kind: "tunnel",
+                proxy,
+                origin: origin(),
+                tls: tls(),
+            },
+            _ => PoolKey {
+                kind: "direct",
+                proxy: None,
+                origin: origin(),
+                tls: tls(),
+            },
+        }
+    }
+
+    /// The origin or the proxy, for messages.
+    pub(crate) fn peer(&self) -> String {
+        match (&self.proxy, &self.origin) {
+            (Some(proxy), None) => format!("proxy {}", proxy.split('#').next().unwrap_or_default()),
+            (_, Some(origin)) => origin.clone(),
+            (None, None) => "?".to_owned(),
+        }
+    }
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    idle: HashMap<PoolKey, Vec<Idle>>,
+    /// A reaper task is running.
+    reaping: bool,
+}
+
+/// Idle connections by key.
+pub(crate) struct Pool {
+    state: Mutex<State>,
+    max_idle_per_key: usize,
+    idle_timeout: Duration,
+}
+
+/// How many idle connections a pool holds, and under how many keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Idle connections, all keys together.
+    pub idle_connections: usize,
+    /// Keys (routes) with at least one idle connection.
+    pub keys: usize,
+}
+
+impl Pool {
+    pub(crate) fn new(max_idle_per_key: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            state: Mutex::new(State::default()),
+            max_idle_per_key,
+            idle_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only a map of idle connections: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        PoolStats {
+            idle_connections: state.idle.values().map(Vec::len).sum(),
+            keys: state.idle.len(),
+        }
+    }
+
+    /// The most recently returned live connection for `key`, once ready.
+    pub(crate) async fn checkout(&self, key: &PoolKey) -> Option<SendRequest<RequestBody>> {
+        loop {
+            let mut candidate = {
+                let mut state = self.lock();
+                let list = state.idle.get_mut(key)?;
+                let now = Instant::now();
+                list.retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+                });
+                let candidate = list.pop();
+                if list.is_empty() {
+                    state.idle.remove(key);
+                }
+                candidate?
+            };
+            if candidate.sender.is_ready() {
+                return Some(candidate.sender);
+            }
+            // Its last response is fully read; it is ready within a scheduler tick,
+            // unless the server closed it.
+            let ready =
+                tokio::time::timeout(Duration::from_secs(1), candidate.sender.ready()).await;
+            if let Ok(Ok(())) = ready {
+                return Some(candidate.sender);
+            }
+        }
+    }
+
+    /// Keeps a connection whose response has been read, for reuse.
+    pub(crate) fn put(self: &Arc<Self>, key: PoolKey, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() || self.max_idle_per_key == 0 || self.idle_timeout.is_zero() {
+            return;
+        }
+        let mut state = self.lock();
+        let list = state.idle.entry(key).or_default();
+        if list.len() >= self.max_idle_per_key {
+            return;
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+        if !state.reaping {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                state.reaping = true;
+                runtime.spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            }
+        }
+    }
+
+    /// Drops expired and closed connections and empty keys. True when nothing is left.
+    fn reap(&self) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.idle.retain(|_, list| {
+            list.retain(|c| {
+                !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+            });
+            !list.is_empty()
+        });
+        if state.idle.is_empty() {
+            state.reaping = false;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Clears the `reaping` flag if the task ends without doing so (its runtime
+/// shut down), so that the next `put` starts a new one.
+struct ReaperGuard(Option<Weak<Pool>>);
+
+impl Drop for ReaperGuard {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take().and_then(|p| p.upgrade()) {
+            pool.lock().reaping = false;
+        }
+    }
+}
+
+/// Runs while the pool lives and holds idle connections.
+async fn reap(pool: Weak<Pool>, idle_timeout: Duration) {
+    let mut guard = ReaperGuard(Some(pool.clone()));
+    let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.reap() {
+            // `reap` cleared the flag under the lock; a `put` may have set it since.
+            guard.0 = None;
+            return;
+        }
+    }
+}

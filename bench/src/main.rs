@@ -283,7 +283,7 @@ async fn client(opts: &HashMap<String, String>) -> Result<serde_json::Value, Box
     let cpu_ms = (end_usage.cpu_us - start_usage.cpu_us) as f64 / 1000.0;
     let errors = errors.load(Ordering::Relaxed);
     let idle = match &client {
-        Impl::Egress(_, outbound) => Some(outbound.idle_connections()),
+        Impl::Egress(_, outbound) => Some(outbound.pool_stats().idle_connections),
         Impl::Reqwest(_) => None,
     };
     let first_error = first_error.lock().unwrap().take();
@@ -375,7 +375,7 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = vm_rss_kb();
     let idle_pooled = match &client {
-        Impl::Egress(_, outbound) => Some(outbound.idle_connections()),
+        Impl::Egress(_, outbound) => Some(outbound.pool_stats().idle_connections),
         Impl::Reqwest(_) => None,
     };
     let open = if proxy_port > 0 { Some(established_to(proxy_port)) } else { None };

@@ -13,6 +13,7 @@
 //!   what a client will do.
 //!
 //! ```
+//! # #[cfg(feature = "yaml")] fn main() {
 //! use egress::{HomeserverYaml, ProxyEnv, ProxySettings, Purpose, Route};
 //!
 //! // The library never reads the process environment: pass it in.
@@ -42,17 +43,21 @@
 //! let url = "https://10.2.0.1/".parse().unwrap();
 //! let route = Route::decide(&settings, Purpose::Push, &url);
 //! assert_eq!(route.kind(), "refused");
+//! # }
+//! # #[cfg(not(feature = "yaml"))] fn main() {}
 //! ```
 
 #![warn(missing_docs)]
 
 pub mod blocklist;
 pub mod client;
+mod config_error;
 pub mod connect;
 pub mod doctor;
 pub mod env;
 mod error;
 pub mod federation;
+#[cfg(feature = "yaml")]
 pub mod homeserver;
 mod ip_table;
 pub mod no_proxy;
@@ -64,13 +69,15 @@ pub mod tls_policy;
 
 pub use blocklist::{Blocked, Blocklist};
 pub use client::{Body, Client, Outbound, OutboundBuilder};
+pub use config_error::ConfigError;
 pub use connect::{Connector, Timeouts};
 pub use env::ProxyEnv;
-pub use error::{ConfigError, Error};
+pub use error::Error;
+#[cfg(feature = "yaml")]
 pub use homeserver::HomeserverYaml;
 pub use no_proxy::{NoProxy, NoProxyMatch};
 pub use proxy_url::{Credentials, ProxyScheme, ProxyUrl};
 pub use purpose::Purpose;
 pub use route::{Reason, Route, Scheme};
-pub use settings::{Blocklists, ProxySettings, Source, Sourced};
+pub use settings::{Blocklists, ProxySettings, ProxySettingsBuilder, Source, Sourced};
 pub use tls_policy::TlsPolicy;

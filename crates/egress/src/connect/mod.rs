@@ -324,14 +324,14 @@ pub(crate) async fn tcp_connect(
         if let Some(blocked) = cause.downcast_ref::<BlockedAnswer>() {
             return Err(Error::Blocked {
                 host: blocked.host.clone(),
-                blocked: blocked.blocked,
+                blocked: blocked.blocked.clone(),
             });
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if let Some(blocked) = io.get_ref().and_then(|e| e.downcast_ref::<BlockedAnswer>()) {
                 return Err(Error::Blocked {
                     host: blocked.host.clone(),
-                    blocked: blocked.blocked,
+                    blocked: blocked.blocked.clone(),
                 });
             }
             if io.kind() == std::io::ErrorKind::TimedOut {

@@ -193,7 +193,8 @@ impl ProxySettings {
     /// assert_eq!(
     ///     err.to_string(),
     ///     "config key global.proxy.https has an invalid proxy URL \
-    ///      `socks5://bob:***@proxy.example:1080`: only http:// and https:// proxies are supported"
+    ///      `socks5://bob:***@proxy.example:1080`: scheme `socks5://` is not supported: only \
+    ///      http:// and https:// proxies are supported"
     /// );
     /// ```
     pub fn builder(env: &ProxyEnv) -> ProxySettingsBuilder {
@@ -535,7 +536,7 @@ impl ProxySettingsBuilder {
         let general = list_with_holes(
             self.denylist.as_ref(),
             self.allowlist.as_ref(),
-            general_default,
+            general_default.clone(),
         )?;
         let federation = match &self.federation_denylist {
             None => general.clone(),
@@ -544,7 +545,7 @@ impl ProxySettingsBuilder {
         let url_preview = list_with_holes(
             self.url_preview_denylist.as_ref(),
             self.url_preview_allowlist.as_ref(),
-            url_preview_default,
+            url_preview_default.clone(),
         )?;
         Ok(Blocklists {
             general,
@@ -593,11 +594,11 @@ impl ProxySettingsBuilder {
 fn list_with_holes(
     denylist: Option<&Sourced<Vec<String>>>,
     allowlist: Option<&Sourced<Vec<String>>>,
-    default_name: &Cow<'static, str>,
+    default_name: Cow<'static, str>,
 ) -> Result<Blocklist, ConfigError> {
     let (name, blocked) = match denylist {
-        None => (default_name.clone(), default_ranges()),
-        Some(set) => (list_name(set, default_name), ranges(set)?),
+        None => (default_name, default_ranges()),
+        Some(set) => (list_name(set, &default_name), ranges(set)?),
     };
     let allowed = match allowlist {
         None => Vec::new(),

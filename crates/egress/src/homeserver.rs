@@ -1,5 +1,6 @@
 //! The homeserver.yaml keys egress reads, with type checks that name the key.
-//! One user of [`ProxySettings::builder`]: see [`HomeserverYaml::configure`].
+//! One user of [`ProxySettings::builder`](crate::ProxySettings::builder): see
+//! [`HomeserverYaml::configure`].
 //! Needs the `yaml` feature (on by default).
 
 use std::path::{Path, PathBuf};

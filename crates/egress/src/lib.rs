@@ -6,8 +6,10 @@
 //!
 //! Data flows one way:
 //!
-//! * configuration ([`ProxyEnv`], [`HomeserverYaml`] → [`ProxySettings`] with
-//!   [`NoProxy`], [`Blocklist`]s and [`TlsPolicy`]) — pure;
+//! * configuration ([`ProxyEnv`], then [`ProxySettings::builder`] with the
+//!   homeserver's own keys, or homeserver.yaml with the `yaml` feature (on by
+//!   default) → [`ProxySettings`] with [`NoProxy`], [`Blocklist`]s and
+//!   [`TlsPolicy`]) — pure;
 //! * the routing decision ([`Route::decide`]: settings + [`Purpose`] + URL →
 //!   [`Route`] and its [`Reason`]) — pure, so `egress explain` prints exactly
 //!   what a client will do.

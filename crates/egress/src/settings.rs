@@ -768,6 +768,53 @@ mod yaml_tests {
     }
 
     #[test]
+    fn configure_sets_only_the_keys_present() {
+        let env = ProxyEnv::from_vars([("HTTPS_PROXY", "http://env:1"), ("NO_PROXY", "env.org")]);
+        let yaml = HomeserverYaml::parse(
+            "http_proxy: http://yaml:2\nip_range_blocklist: ['10.0.0.0/8']\n\
+             federation_verify_certificates: false\n",
+        )
+        .unwrap();
+        let s = yaml
+            .configure(ProxySettings::builder(&env))
+            .unwrap()
+            .url_preview_ip_range_denylist(["9.9.9.9"], "later")
+            .build()
+            .unwrap();
+        assert_eq!(s.http_proxy_setting().source, Source::Yaml("http_proxy"));
+        assert_eq!(
+            s.https_proxy_setting().source,
+            Source::Env("HTTPS_PROXY".into())
+        );
+        assert_eq!(s.no_proxy().source, Source::Env("NO_PROXY".into()));
+        assert_eq!(s.blocklists().general.name(), "ip_range_blocklist");
+        assert_eq!(s.blocklists().federation.name(), "ip_range_blocklist");
+        assert_eq!(s.blocklists().url_preview.name(), "later");
+        assert!(!s.tls().federation_verify);
+        // A setter after `configure` overrides the file's key.
+        let s = yaml
+            .configure(ProxySettings::builder(&env))
+            .unwrap()
+            .http_proxy(None, "cli.http_proxy")
+            .build()
+            .unwrap();
+        assert!(s.http_proxy().is_none());
+        // Types are checked by `configure`, values by `build`.
+        let bad_type = HomeserverYaml::parse("federation_custom_ca_list: 'ca.pem'\n").unwrap();
+        assert!(matches!(
+            bad_type.configure(ProxySettings::builder(&env)),
+            Err(ConfigError::WrongType { .. })
+        ));
+        let bad_value = HomeserverYaml::parse("federation_custom_ca_list: []\n").unwrap();
+        let b = bad_value.configure(ProxySettings::builder(&env)).unwrap();
+        assert_eq!(
+            b.build().unwrap_err().to_string(),
+            "homeserver.yaml key federation_custom_ca_list has an unusable value `[]`: the list \
+             is empty: remove the setting to use the system trust store, or list CA files"
+        );
+    }
+
+    #[test]
     fn empty_string_is_no_proxy() {
         let s = settings(&[("HTTPS_PROXY", "x:1")], "https_proxy: ''\n").unwrap();
         assert!(s.https_proxy().is_none());

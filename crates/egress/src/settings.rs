@@ -584,6 +584,7 @@ impl ProxySettingsBuilder {
                 });
             }
             policy.federation_custom_ca_list = Some(set.value.clone());
+            policy.set_ca_list_source(set.source.clone());
         }
         Ok(policy)
     }
@@ -1130,6 +1131,10 @@ mod builder_tests {
         assert_eq!(
             tls.federation_custom_ca_list,
             Some(vec![PathBuf::from("/etc/ca.pem")])
+        );
+        assert_eq!(
+            tls.federation_custom_ca_list_source(),
+            &Source::config("federation.ca_files")
         );
 
         let s = ProxySettings::builder(&ProxyEnv::default())

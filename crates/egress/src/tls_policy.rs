@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::settings::Source;
+
 #[cfg(feature = "yaml")]
 use crate::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
 
@@ -20,6 +22,8 @@ pub struct TlsPolicy {
     /// `federation_custom_ca_list`: CA files that replace the system trust
     /// store for federation.
     pub federation_custom_ca_list: Option<Vec<PathBuf>>,
+    /// Where `federation_custom_ca_list` was set, for errors about its files.
+    ca_list_source: Source,
 }
 
 impl Default for TlsPolicy {
@@ -29,6 +33,7 @@ impl Default for TlsPolicy {
             federation_verify: true,
             federation_whitelist: Vec::new(),
             federation_custom_ca_list: None,
+            ca_list_source: Source::Default,
         }
     }
 }
@@ -41,6 +46,17 @@ impl TlsPolicy {
     pub fn from_yaml(yaml: &HomeserverYaml) -> Result<TlsPolicy, ConfigError> {
         yaml.configure_tls(ProxySettings::builder(&ProxyEnv::default()))?
             .tls()
+    }
+
+    /// Where [`federation_custom_ca_list`](TlsPolicy::federation_custom_ca_list)
+    /// was set (the caller's key), so that an error about one of its files
+    /// names it; [`Source::Default`] when unset.
+    pub fn federation_custom_ca_list_source(&self) -> &Source {
+        &self.ca_list_source
+    }
+
+    pub(crate) fn set_ca_list_source(&mut self, source: Source) {
+        self.ca_list_source = source;
     }
 
     /// Whether a federation certificate for `server_name` is verified:
@@ -117,6 +133,14 @@ mod tests {
         assert_eq!(
             p.federation_custom_ca_list,
             Some(vec![PathBuf::from("/etc/ca.pem")])
+        );
+        assert_eq!(
+            p.federation_custom_ca_list_source(),
+            &Source::Yaml("federation_custom_ca_list")
+        );
+        assert_eq!(
+            TlsPolicy::default().federation_custom_ca_list_source(),
+            &Source::Default
         );
 
         let y = HomeserverYaml::parse("federation_verify_certificates: false\n").unwrap();

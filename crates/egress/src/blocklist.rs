@@ -4,6 +4,7 @@
 //! IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) and 6to4
 //! (`2002:aabb:ccdd::`) IPv6 forms, in the blocklist and in the allowlist.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -40,14 +41,14 @@ pub const ALWAYS_BLOCKED: &[&str] = &["0.0.0.0/32", "::/128"];
 /// A blocklist with its allowlist holes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocklist {
-    name: &'static str,
+    name: Cow<'static, str>,
     /// Covered network → the range as configured.
     blocked: IpTable<IpNet>,
     allowed: IpTable<IpNet>,
 }
 
 /// Why an address is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
     /// The address checked.
     pub addr: IpAddr,
@@ -55,8 +56,9 @@ pub struct Blocked {
     pub range: IpNet,
     /// The IPv6 form of `range` that matched, when it is not `range` itself.
     pub via: Option<IpNet>,
-    /// The setting the range comes from, e.g. `ip_range_blacklist`.
-    pub list: &'static str,
+    /// The setting the range comes from, by the caller's name for it, e.g.
+    /// `ip_range_blacklist` (the blocklist's [`Blocklist::name`]).
+    pub list: Cow<'static, str>,
 }
 
 impl fmt::Display for Blocked {
@@ -70,25 +72,30 @@ impl fmt::Display for Blocked {
 }
 
 impl Blocklist {
-    /// A blocklist named after the setting it comes from, from ranges
-    /// already parsed. `0.0.0.0` and `::` are always added.
-    pub fn new(name: &'static str, blocked: &[IpNet], allowed: &[IpNet]) -> Blocklist {
+    /// A blocklist named after the setting it comes from (the caller's
+    /// key, e.g. `ip_range_blacklist` or `global.ip_range_denylist`), from
+    /// ranges already parsed. `0.0.0.0` and `::` are always added.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        blocked: &[IpNet],
+        allowed: &[IpNet],
+    ) -> Blocklist {
         let always = ALWAYS_BLOCKED.iter().map(|r| r.parse().expect("valid"));
         Blocklist {
-            name,
+            name: name.into(),
             blocked: expand(blocked.iter().copied().chain(always)),
             allowed: expand(allowed.iter().copied()),
         }
     }
 
     /// Synapse's default list, with no allowlist.
-    pub fn synapse_default(name: &'static str) -> Blocklist {
+    pub fn synapse_default(name: impl Into<Cow<'static, str>>) -> Blocklist {
         Blocklist::new(name, &default_ranges(), &[])
     }
 
     /// The setting this list comes from.
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `Some` with the range that blocks `addr`, unless an allowlist range
@@ -102,7 +109,7 @@ impl Blocklist {
             addr,
             range,
             via: (net != range).then_some(net),
-            list: self.name,
+            list: self.name.clone(),
         })
     }
 

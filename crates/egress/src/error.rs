@@ -1,73 +1,6 @@
-//! Configuration errors: each names the setting and the value, password masked.
+//! Errors of outbound requests.
 
-use std::path::PathBuf;
-
-use crate::proxy_url::ProxyUrlError;
-use crate::settings::Source;
-
-/// A setting egress cannot use. The message names the variable or key and
-/// the value as given, with any password replaced by `***`.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// An `http_proxy` / `https_proxy` value that does not parse.
-    #[error("{source_} has an invalid proxy URL `{value}`: {problem}")]
-    ProxyUrl {
-        /// Where the value comes from.
-        source_: Source,
-        /// The value, password masked.
-        value: String,
-        /// What is wrong with it.
-        problem: ProxyUrlError,
-    },
-    /// A homeserver.yaml key holding the wrong kind of value.
-    #[error("homeserver.yaml key `{key}` must be {expected}, not {found}")]
-    WrongType {
-        /// The key.
-        key: &'static str,
-        /// What it must hold, e.g. "a string".
-        expected: &'static str,
-        /// What it holds, e.g. "a list".
-        found: &'static str,
-    },
-    /// An IP range that does not parse.
-    #[error("homeserver.yaml key `{key}` has an invalid IP range `{value}`: {problem}")]
-    IpRange {
-        /// The key.
-        key: &'static str,
-        /// The entry as written.
-        value: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// Two spellings of one setting, such as `ip_range_blacklist` and `ip_range_blocklist`.
-    #[error("homeserver.yaml sets both `{0}` and `{1}`, which are one setting: keep one")]
-    BothSpellings(&'static str, &'static str),
-    /// Any other unusable value.
-    #[error("homeserver.yaml key `{key}`: {problem}")]
-    Invalid {
-        /// The key.
-        key: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The configuration file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The configuration file is not YAML, or not a mapping at the top.
-    #[error("{} is not a valid homeserver.yaml: {problem}", path.display())]
-    Yaml {
-        /// The file (`homeserver.yaml` when parsed from a string).
-        path: PathBuf,
-        /// What the YAML parser said.
-        problem: String,
-    },
-}
+use crate::ConfigError;
 
 /// Which wait ran out of time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -282,6 +215,7 @@ impl Error {
 
 /// An error and its sources, joined with `: ` (for messages that embed an
 /// error, as the doctor's details and federation's per-target list do).
+#[cfg(feature = "doctor")]
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

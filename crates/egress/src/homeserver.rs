@@ -1,9 +1,13 @@
 //! The homeserver.yaml keys egress reads, with type checks that name the key.
+//! One user of [`ProxySettings::builder`](crate::ProxySettings::builder): see
+//! [`HomeserverYaml::configure`].
+//! Needs the `yaml` feature (on by default).
 
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::settings::{ProxySettingsBuilder, Source};
 use crate::ConfigError;
 
 /// A homeserver.yaml, parsed. Only the keys egress knows are ever read;
@@ -123,6 +127,115 @@ impl HomeserverYaml {
             (false, true) => Ok((new, self.strings(new)?)),
             _ => Ok((old, self.strings(old)?)),
         }
+    }
+}
+
+/// The homeserver.yaml keys of the blocklists, with their new spellings.
+const DENYLIST: (&str, &str) = ("ip_range_blacklist", "ip_range_blocklist");
+const ALLOWLIST: (&str, &str) = ("ip_range_whitelist", "ip_range_allowlist");
+const FEDERATION_DENYLIST: &str = "federation_ip_range_blacklist";
+const URL_PREVIEW_DENYLIST: (&str, &str) = (
+    "url_preview_ip_range_blacklist",
+    "url_preview_ip_range_blocklist",
+);
+const URL_PREVIEW_ALLOWLIST: (&str, &str) = (
+    "url_preview_ip_range_whitelist",
+    "url_preview_ip_range_allowlist",
+);
+
+impl HomeserverYaml {
+    /// Sets on `builder` every key of this file that egress reads, named
+    /// `homeserver.yaml key …` in errors and reasons; absent keys are left
+    /// unset. A `null` proxy key means no proxy and hides the environment's;
+    /// a `null` list is an empty list (so `ip_range_blacklist: null` blocks
+    /// only `0.0.0.0` and `::`, as in Synapse); a `null` TLS key keeps its
+    /// default. Only the types are checked here; values are checked by
+    /// [`ProxySettingsBuilder::build`].
+    ///
+    /// [`ProxySettings::new`](crate::ProxySettings::new) is this on
+    /// [`ProxySettings::builder`](crate::ProxySettings::builder).
+    pub fn configure(
+        &self,
+        builder: ProxySettingsBuilder,
+    ) -> Result<ProxySettingsBuilder, ConfigError> {
+        let mut b = builder;
+        for key in ["http_proxy", "https_proxy"] {
+            let url = match self.string(key)? {
+                Key::Absent => continue,
+                Key::Null => None,
+                Key::Value(url) => Some(url),
+            };
+            b = match key {
+                "http_proxy" => b.http_proxy(url, Source::Yaml(key)),
+                _ => b.https_proxy(url, Source::Yaml(key)),
+            };
+        }
+        if let Some(hosts) = self.list("no_proxy_hosts")? {
+            b = b.no_proxy(hosts, Source::Yaml("no_proxy_hosts"));
+        }
+        if let Some((key, list)) = self.list_either(DENYLIST)? {
+            b = b.ip_range_denylist(list, Source::Yaml(key));
+        }
+        if let Some((key, list)) = self.list_either(ALLOWLIST)? {
+            b = b.ip_range_allowlist(list, Source::Yaml(key));
+        }
+        if let Some(list) = self.list(FEDERATION_DENYLIST)? {
+            b = b.federation_ip_range_denylist(list, Source::Yaml(FEDERATION_DENYLIST));
+        }
+        if let Some((key, list)) = self.list_either(URL_PREVIEW_DENYLIST)? {
+            b = b.url_preview_ip_range_denylist(list, Source::Yaml(key));
+        }
+        if let Some((key, list)) = self.list_either(URL_PREVIEW_ALLOWLIST)? {
+            b = b.url_preview_ip_range_allowlist(list, Source::Yaml(key));
+        }
+        self.configure_tls(b)
+    }
+
+    /// The TLS keys alone; absent or `null` keys keep their defaults.
+    pub(crate) fn configure_tls(
+        &self,
+        builder: ProxySettingsBuilder,
+    ) -> Result<ProxySettingsBuilder, ConfigError> {
+        let mut b = builder;
+        const INSECURE: &str = "use_insecure_ssl_client_just_for_testing_do_not_use";
+        if let Key::Value(insecure) = self.boolean(INSECURE)? {
+            b = b.danger_accept_invalid_certs(insecure, Source::Yaml(INSECURE));
+        }
+        const VERIFY: &str = "federation_verify_certificates";
+        if let Key::Value(verify) = self.boolean(VERIFY)? {
+            b = b.federation_verify_certificates(verify, Source::Yaml(VERIFY));
+        }
+        const WHITELIST: &str = "federation_certificate_verification_whitelist";
+        if let Key::Value(globs) = self.strings(WHITELIST)? {
+            b = b.federation_certificate_whitelist(globs, Source::Yaml(WHITELIST));
+        }
+        const CA_LIST: &str = "federation_custom_ca_list";
+        if let Key::Value(files) = self.strings(CA_LIST)? {
+            b = b.federation_custom_ca_list(files, Source::Yaml(CA_LIST));
+        }
+        Ok(b)
+    }
+
+    /// A list key, `null` read as empty; `None` when absent.
+    fn list(&self, key: &'static str) -> Result<Option<Vec<&str>>, ConfigError> {
+        Ok(match self.strings(key)? {
+            Key::Absent => None,
+            Key::Null => Some(Vec::new()),
+            Key::Value(list) => Some(list),
+        })
+    }
+
+    /// A list key with two spellings, `null` read as empty; `None` when absent.
+    fn list_either(
+        &self,
+        (old, new): (&'static str, &'static str),
+    ) -> Result<Option<(&'static str, Vec<&str>)>, ConfigError> {
+        let (key, list) = self.strings_either(old, new)?;
+        Ok(match list {
+            Key::Absent => None,
+            Key::Null => Some((key, Vec::new())),
+            Key::Value(list) => Some((key, list)),
+        })
     }
 }
 

@@ -22,16 +22,23 @@
 //!
 //! ## Settings and the decision
 //!
+//! A homeserver with its own configuration format passes its values to the
+//! builder with its own key names; reasons and errors then name *its* keys.
+//! (With the `yaml` feature, `ProxySettings::new(&env, Some(&yaml))` reads
+//! Synapse's homeserver.yaml through the same builder.)
+//!
 //! ```
-//! use egress::{HomeserverYaml, ProxyEnv, ProxySettings, Purpose, Route};
+//! use egress::{ProxyEnv, ProxySettings, Purpose, Route};
 //!
 //! // The library never reads the process environment: pass it in.
 //! let env = ProxyEnv::from_vars([
 //!     ("HTTPS_PROXY", "http://alice:s3cret@proxy.example:3128"),
 //!     ("NO_PROXY", "internal.example,10.0.0.0/8"),
 //! ]);
-//! let yaml = HomeserverYaml::parse("ip_range_whitelist: ['10.1.0.0/16']").unwrap();
-//! let settings = ProxySettings::new(&env, Some(&yaml)).unwrap();
+//! let settings = ProxySettings::builder(&env)
+//!     .ip_range_allowlist(["10.1.0.0/16"], "global.ip_range_allowlist")
+//!     .build()
+//!     .unwrap();
 //!
 //! let url = "https://push.example.org/_matrix/push/v1/notify".parse().unwrap();
 //! let route = Route::decide(&settings, Purpose::Push, &url);
@@ -52,6 +59,13 @@
 //! let url = "https://10.2.0.1/".parse().unwrap();
 //! let route = Route::decide(&settings, Purpose::Push, &url);
 //! assert_eq!(route.kind(), "refused");
+//!
+//! // An address in the caller's allowlist is not; no_proxy sends it direct,
+//! // and the reason names the caller's key for the allowlist.
+//! let url = "https://10.1.2.3/".parse().unwrap();
+//! let route = Route::decide(&settings, Purpose::Push, &url);
+//! assert_eq!(route.kind(), "direct");
+//! assert!(route.explain().contains("no_proxy entry `10.0.0.0/8`"));
 //! ```
 //!
 //! ## Clients
@@ -170,12 +184,14 @@
 
 mod blocklist;
 mod client;
+mod config_error;
 mod connect;
 #[cfg(feature = "doctor")]
 mod doctor;
 mod env;
 mod error;
 pub mod federation;
+#[cfg(feature = "yaml")]
 mod homeserver;
 mod ip_table;
 mod no_proxy;
@@ -187,12 +203,14 @@ mod tls_policy;
 
 pub use blocklist::{Blocked, Blocklist};
 pub use client::{Body, Client, Outbound, OutboundBuilder, PoolStats, RequestBody, MAX_REDIRECTS};
+pub use config_error::ConfigError;
 pub use connect::stream::ConnectedStream;
 pub use connect::{Connector, Timeouts};
 #[cfg(feature = "doctor")]
 pub use doctor::{check_proxy, CertificateInfo, ProxyCheck, ProxyCheckStep};
 pub use env::{EnvVar, ProxyEnv};
-pub use error::{ConfigError, Error, TimeoutStep};
+pub use error::{Error, TimeoutStep};
+#[cfg(feature = "yaml")]
 pub use homeserver::{HomeserverYaml, Key};
 pub use no_proxy::{NoProxy, NoProxyMatch, NoProxyWarning};
 pub use proxy_url::{
@@ -200,5 +218,5 @@ pub use proxy_url::{
 };
 pub use purpose::{BlocklistKind, ProxyUse, Purpose, TlsKind, UnknownPurpose};
 pub use route::{Reason, Route, Scheme};
-pub use settings::{Blocklists, ProxySettings, Source, Sourced};
+pub use settings::{Blocklists, ProxySettings, ProxySettingsBuilder, Source, Sourced};
 pub use tls_policy::TlsPolicy;

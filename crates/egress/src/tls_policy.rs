@@ -1,12 +1,14 @@
 //! TLS settings: the troubleshooting switch for regular HTTPS, and the
-//! federation keys.
+//! federation keys. Set through [`crate::ProxySettings::builder`].
 
 use std::path::PathBuf;
 
-use crate::homeserver::{HomeserverYaml, Key};
-use crate::ConfigError;
+use crate::settings::Source;
 
-/// The TLS keys of homeserver.yaml.
+#[cfg(feature = "yaml")]
+use crate::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
+
+/// The TLS settings (homeserver.yaml's TLS keys, or the builder's TLS setters).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPolicy {
     /// `use_insecure_ssl_client_just_for_testing_do_not_use`: no certificate
@@ -20,6 +22,8 @@ pub struct TlsPolicy {
     /// `federation_custom_ca_list`: CA files that replace the system trust
     /// store for federation.
     pub federation_custom_ca_list: Option<Vec<PathBuf>>,
+    /// Where `federation_custom_ca_list` was set, for errors about its files.
+    ca_list_source: Source,
 }
 
 impl Default for TlsPolicy {
@@ -29,43 +33,30 @@ impl Default for TlsPolicy {
             federation_verify: true,
             federation_whitelist: Vec::new(),
             federation_custom_ca_list: None,
+            ca_list_source: Source::Default,
         }
     }
 }
 
 impl TlsPolicy {
-    /// Reads the TLS keys; absent or `null` keys keep their defaults.
+    /// Reads the TLS keys of homeserver.yaml; absent or `null` keys keep
+    /// their defaults. The same checks as [`crate::ProxySettings::builder`]'s
+    /// TLS setters.
+    #[cfg(feature = "yaml")]
     pub fn from_yaml(yaml: &HomeserverYaml) -> Result<TlsPolicy, ConfigError> {
-        let mut policy = TlsPolicy::default();
-        if let Key::Value(b) =
-            yaml.boolean("use_insecure_ssl_client_just_for_testing_do_not_use")?
-        {
-            policy.insecure_regular = b;
-        }
-        if let Key::Value(b) = yaml.boolean("federation_verify_certificates")? {
-            policy.federation_verify = b;
-        }
-        const WHITELIST: &str = "federation_certificate_verification_whitelist";
-        if let Key::Value(globs) = yaml.strings(WHITELIST)? {
-            if let Some(bad) = globs.iter().find(|g| !g.is_ascii()) {
-                return Err(ConfigError::Invalid {
-                    key: WHITELIST,
-                    problem: format!("`{bad}` is not ASCII: write the punycode (xn--) form"),
-                });
-            }
-            policy.federation_whitelist = globs.iter().map(|g| g.to_string()).collect();
-        }
-        const CA_LIST: &str = "federation_custom_ca_list";
-        if let Key::Value(files) = yaml.strings(CA_LIST)? {
-            if files.is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: CA_LIST,
-                    problem: "the list is empty: remove the key, or list CA files".to_owned(),
-                });
-            }
-            policy.federation_custom_ca_list = Some(files.iter().map(PathBuf::from).collect());
-        }
-        Ok(policy)
+        yaml.configure_tls(ProxySettings::builder(&ProxyEnv::default()))?
+            .tls()
+    }
+
+    /// Where [`federation_custom_ca_list`](TlsPolicy::federation_custom_ca_list)
+    /// was set (the caller's key), so that an error about one of its files
+    /// names it; [`Source::Default`] when unset.
+    pub fn federation_custom_ca_list_source(&self) -> &Source {
+        &self.ca_list_source
+    }
+
+    pub(crate) fn set_ca_list_source(&mut self, source: Source) {
+        self.ca_list_source = source;
     }
 
     /// Whether a federation certificate for `server_name` is verified:
@@ -126,6 +117,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "yaml")]
     fn reads_keys() {
         let y = HomeserverYaml::parse(
             "use_insecure_ssl_client_just_for_testing_do_not_use: true\n\
@@ -141,6 +133,14 @@ mod tests {
         assert_eq!(
             p.federation_custom_ca_list,
             Some(vec![PathBuf::from("/etc/ca.pem")])
+        );
+        assert_eq!(
+            p.federation_custom_ca_list_source(),
+            &Source::Yaml("federation_custom_ca_list")
+        );
+        assert_eq!(
+            TlsPolicy::default().federation_custom_ca_list_source(),
+            &Source::Default
         );
 
         let y = HomeserverYaml::parse("federation_verify_certificates: false\n").unwrap();

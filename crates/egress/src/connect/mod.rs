@@ -280,11 +280,13 @@ impl Connector {
     }
 
     /// The connect limit of this connector's purpose.
+    #[cfg(feature = "doctor")]
     pub(crate) fn connect_limit(&self) -> Duration {
         self.shared.timeouts.connect_for(self.purpose)
     }
 
     /// The TLS configurations in use.
+    #[cfg(feature = "doctor")]
     pub(crate) fn tls_configs(&self) -> &TlsConfigs {
         &self.shared.tls
     }
@@ -427,7 +429,7 @@ pub(crate) async fn tcp_connect(
             if let Some(blocked) = candidate.downcast_ref::<BlockedAnswer>() {
                 return Err(Error::Blocked {
                     host: blocked.host.clone(),
-                    blocked: blocked.blocked,
+                    blocked: blocked.blocked.clone(),
                 });
             }
             if let Some(unresolved) = candidate.downcast_ref::<Unresolved>() {

@@ -24,6 +24,7 @@ pub(crate) enum Stream {
 
 impl Stream {
     /// The TLS session of the outermost TLS layer, if any.
+    #[cfg(feature = "doctor")]
     pub(crate) fn tls(&self) -> Option<&rustls::ClientConnection> {
         match self {
             Stream::Tls(tls) => Some(tls.get_ref().1),

@@ -67,6 +67,7 @@ impl TlsConfigs {
     }
 
     /// The configuration that accepts any certificate (for showing one that failed).
+    #[cfg(feature = "doctor")]
     pub(crate) fn insecure(&self) -> Arc<ClientConfig> {
         self.insecure.clone()
     }

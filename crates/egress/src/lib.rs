@@ -52,6 +52,7 @@ pub mod connect;
 pub mod doctor;
 pub mod env;
 mod error;
+#[cfg(feature = "federation")]
 pub mod federation;
 pub mod homeserver;
 mod ip_table;

@@ -211,12 +211,18 @@ fn signed(federation: Federation, sign: &SignArgs) -> Result<Federation, Failure
 }
 
 fn server_name(text: &str) -> Result<OwnedServerName, Failure> {
-    ServerName::parse(text).map_err(|e| {
+    let bad = |why: String| {
         (
             exit::USAGE,
-            format!("`{text}` is not a valid Matrix server name: {e}"),
+            format!("`{text}` is not a valid Matrix server name: {why}"),
         )
-    })
+    };
+    let name = ServerName::parse(text).map_err(|e| bad(e.to_string()))?;
+    // ruma accepts port 0, which nothing listens on.
+    if name.port() == Some(0) {
+        return Err(bad("port 0".to_owned()));
+    }
+    Ok(name)
 }
 
 async fn get(args: GetArgs) -> Result<u8, Failure> {

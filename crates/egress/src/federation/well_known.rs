@@ -207,6 +207,9 @@ impl WellKnown {
             .ok_or("`m.server` is not a string")?;
         let server = OwnedServerName::try_from(server)
             .map_err(|e| format!("`m.server` is not a valid server name ({server}): {e}"))?;
+        if server.port() == Some(0) {
+            return Err(format!("`m.server` names port 0 ({server})"));
+        }
         Ok((server, ttl))
     }
 }

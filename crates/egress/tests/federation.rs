@@ -542,3 +542,33 @@ async fn a_50_mib_download_streams_in_bounded_memory() {
         growth / 1024
     );
 }
+
+/// A multipart answer whose media part is a Location: followed as a new hop,
+/// routed anew (through squid), with the size limit still applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_location_part_is_a_new_routed_hop() {
+    let m = matrix();
+    let w = world();
+    let fed = signed_federation();
+    let mxc = OwnedMxcUri::from(format!("mxc://keys.test:{}/elsewhere", m.key_server_port));
+    let mut small = Vec::new();
+    let err = fed.download_media(&mxc, &mut small, 10).await.unwrap_err();
+    assert!(
+        matches!(err, FederationError::TooLarge { limit: 10 }),
+        "{err}"
+    );
+    let mut out = Vec::new();
+    fed.download_media(&mxc, &mut out, 1024).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "origin https /cdn/blob");
+    assert!(
+        !w.https_origin.seen("/cdn/blob").is_empty(),
+        "the CDN origin saw no request"
+    );
+    // squid logs a tunnel when it closes.
+    drop(fed);
+    let lines = w.squid.log_lines(&format!("CONNECT {}:", test_name(12)), 1);
+    assert!(
+        !lines.is_empty(),
+        "the CDN hop did not go through the proxy"
+    );
+}

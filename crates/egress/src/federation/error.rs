@@ -1,7 +1,7 @@
 //! Why a federation operation failed.
 
 use http::StatusCode;
-use ruma_common::{IdParseError, MxcUriError};
+use ruma_common::MxcUriError;
 
 use super::body::BodyError;
 use super::signing::SigningError;
@@ -12,9 +12,6 @@ use crate::Error;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FederationError {
-    /// Not a server name.
-    #[error("not a valid Matrix server name: {0}")]
-    ServerName(#[from] IdParseError),
     /// Not an `mxc://server/mediaId` URI.
     #[error("not a valid mxc:// URI: {0}")]
     Mxc(#[from] MxcUriError),

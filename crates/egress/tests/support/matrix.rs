@@ -517,6 +517,19 @@ fn matrix_answer(
             key.sign_json(&host, &mut keys).unwrap();
             json_response(200, serde_json::to_string(&keys).unwrap())
         }
+        // Remote media whose bytes are elsewhere: the multipart answer's
+        // second part is a Location (on the plain HTTPS test origin).
+        "/_matrix/federation/v1/media/download/elsewhere" => {
+            let location = world().https_origin.url(&test_name(12), "/cdn/blob");
+            let body = format!(
+                "--b0undary\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
+                 --b0undary\r\nLocation: {location}\r\n\r\n\r\n--b0undary--\r\n"
+            );
+            Response::builder()
+                .header("content-type", "multipart/mixed; boundary=b0undary")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        }
         "/_matrix/federation/v1/version" => json_response(
             200,
             json!({"server": {"name": "egress-test-keyserver", "version": "1"}}).to_string(),

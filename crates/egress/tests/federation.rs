@@ -572,3 +572,20 @@ async fn a_media_location_part_is_a_new_routed_hop() {
         "the CDN hop did not go through the proxy"
     );
 }
+
+/// A server that answers the federation media endpoint with M_UNRECOGNIZED
+/// gets the legacy `/_matrix/media/v3/download` request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_falls_back_to_the_legacy_endpoint() {
+    let m = matrix();
+    let fed = signed_federation();
+    let server = format!("keys.test:{}", m.key_server_port);
+    let mxc = OwnedMxcUri::from(format!("mxc://{server}/old_1"));
+    let mut out = Vec::new();
+    let content_type = fed.download_media(&mxc, &mut out, 1024).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("legacy media /_matrix/media/v3/download/{server}/old_1")
+    );
+    assert_eq!(content_type.as_deref(), Some("text/plain"));
+}

@@ -534,6 +534,11 @@ fn matrix_answer(
             200,
             json!({"server": {"name": "egress-test-keyserver", "version": "1"}}).to_string(),
         ),
+        // The legacy media endpoint (this origin does not know the federation one).
+        path if path.starts_with("/_matrix/media/v3/download/") => Response::builder()
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(format!("legacy media {path}"))))
+            .unwrap(),
         _ => json_response(404, json!({"errcode": "M_UNRECOGNIZED"}).to_string()),
     }
 }

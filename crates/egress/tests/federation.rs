@@ -589,3 +589,34 @@ async fn media_falls_back_to_the_legacy_endpoint() {
     );
     assert_eq!(content_type.as_deref(), Some("text/plain"));
 }
+
+/// A signed POST whose JSON content is written out of key order (kept so by
+/// `preserve_order`): the X-Matrix signature covers the canonical form, and
+/// Synapse accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_accepts_a_signed_request_with_unordered_content() {
+    let fed = signed_federation();
+    let content: serde_json::Value = serde_json::from_str(&format!(
+        r#"{{"z_unused": {{"b": 1, "a": 2}}, "device_keys": {{"@{SYNAPSE_USER}:hs1.test": []}}}}"#
+    ))
+    .unwrap();
+    assert!(
+        content.to_string().starts_with(r#"{"z_unused":{"b":1"#),
+        "{content}"
+    );
+    let (_, response) = fed
+        .request(
+            Purpose::Federation,
+            Method::POST,
+            &name("hs1.test"),
+            "/_matrix/federation/v1/user/keys/query",
+            Some(&content),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "Synapse rejected a signed request with content"
+    );
+}

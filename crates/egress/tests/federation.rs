@@ -465,7 +465,7 @@ fn spec_test_vectors_hold_with_preserve_order() {
         "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI"
     );
     let value: serde_json::Value = serde_json::from_str(r#"{"two": "Two", "one": 1}"#).unwrap();
-    let mut object = egress::federation::signing::to_canonical_object(&value).unwrap();
+    let mut object = egress::federation::to_canonical_object(&value).unwrap();
     key.sign_json("domain", &mut object).unwrap();
     let signed = serde_json::to_value(&object).unwrap();
     assert_eq!(
@@ -477,7 +477,7 @@ fn spec_test_vectors_hold_with_preserve_order() {
         r#"{"signatures": {"domain": {"ed25519:1": "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"}}, "two": "Two", "one": 1}"#,
     )
     .unwrap();
-    let printed = egress::federation::signing::to_canonical_object(&printed).unwrap();
+    let printed = egress::federation::to_canonical_object(&printed).unwrap();
     egress::federation::verify_json(&printed, "domain", "ed25519:1", &key.public_key()).unwrap();
 }
 

@@ -4,12 +4,12 @@
 //! ruma's types.
 
 mod body;
-pub mod discovery;
+mod discovery;
 mod error;
 mod keys;
 mod media;
 mod request;
-pub mod signing;
+mod signing;
 mod srv;
 mod well_known;
 
@@ -18,7 +18,11 @@ pub use error::FederationError;
 pub use keys::{check_server_keys, ServerKeys};
 pub use media::DEFAULT_MEDIA_LIMIT;
 pub use request::Federation;
-pub use ruma_common::{MxcUri, OwnedMxcUri, OwnedServerName, ServerName};
-pub use signing::{canonical_json, verify_json, SigningError, SigningKey};
+pub use ruma_common::{
+    CanonicalJsonObject, CanonicalJsonValue, MxcUri, OwnedMxcUri, OwnedServerName, ServerName,
+};
+pub use signing::{
+    canonical_json, to_canonical, to_canonical_object, verify_json, SigningError, SigningKey,
+};
 pub use srv::DnsSetupError;
 pub use well_known::{WELL_KNOWN_CACHE_ENTRIES, WELL_KNOWN_MAX_BYTES};

@@ -513,7 +513,7 @@ fn matrix_answer(
                 "verify_keys": {key.key_id(): {"key": key.public_key()}},
                 "old_verify_keys": {},
             });
-            let mut keys = egress::federation::signing::to_canonical_object(&keys).unwrap();
+            let mut keys = egress::federation::to_canonical_object(&keys).unwrap();
             key.sign_json(&host, &mut keys).unwrap();
             json_response(200, serde_json::to_string(&keys).unwrap())
         }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use egress::federation::{
-    Federation, FederationError, ServerName, SigningKey, DEFAULT_MEDIA_LIMIT,
+    Federation, FederationError, OwnedMxcUri, OwnedServerName, ServerName, SigningKey,
+    DEFAULT_MEDIA_LIMIT,
 };
 use egress::{Outbound, Purpose, Route, Scheme};
 use http::Method;
@@ -185,12 +186,31 @@ fn signed(federation: Federation, sign: &SignArgs) -> Result<Federation, Failure
     })?;
     let key = SigningKey::parse(&text)
         .map_err(|e| (exit::CONFIG, format!("{}: {e}", sign.signing_key.display())))?;
-    ServerName::parse(&sign.origin).map_err(|e| (exit::USAGE, format!("--origin: {e}")))?;
-    Ok(federation.with_signing_key(&sign.origin, key))
+    let origin = ServerName::parse(&sign.origin).map_err(|e| {
+        (
+            exit::USAGE,
+            format!(
+                "--origin: `{}` is not a valid Matrix server name: {e}",
+                sign.origin
+            ),
+        )
+    })?;
+    Ok(federation.with_signing_key(&origin, key))
 }
 
-fn server_name(text: &str) -> Result<ServerName, Failure> {
-    ServerName::parse(text).map_err(|e| (exit::USAGE, e.to_string()))
+fn server_name(text: &str) -> Result<OwnedServerName, Failure> {
+    let bad = |why: String| {
+        (
+            exit::USAGE,
+            format!("`{text}` is not a valid Matrix server name: {why}"),
+        )
+    };
+    let name = ServerName::parse(text).map_err(|e| bad(e.to_string()))?;
+    // ruma accepts port 0, which nothing listens on.
+    if name.port() == Some(0) {
+        return Err(bad("port 0".to_owned()));
+    }
+    Ok(name)
 }
 
 async fn get(args: GetArgs) -> Result<u8, Failure> {
@@ -221,25 +241,13 @@ async fn get(args: GetArgs) -> Result<u8, Failure> {
 }
 
 async fn media(args: MediaArgs) -> Result<u8, Failure> {
-    let rest = args
-        .mxc
-        .strip_prefix("mxc://")
-        .ok_or_else(|| (exit::USAGE, format!("`{}` is not an mxc:// URI", args.mxc)))?;
-    let (server, media_id) = rest
-        .split_once('/')
-        .filter(|(_, id)| {
-            !id.is_empty()
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        })
-        .ok_or_else(|| {
-            (
-                exit::USAGE,
-                format!("`{}` is not mxc://server/mediaId", args.mxc),
-            )
-        })?;
-    let server = server_name(server)?;
+    let mxc = OwnedMxcUri::from(args.mxc.as_str());
+    mxc.validate().map_err(|e| {
+        (
+            exit::USAGE,
+            format!("`{}` is not an mxc://server/mediaId URI: {e}", args.mxc),
+        )
+    })?;
     let (_, federation) = build(&args.net)?;
     let federation = signed(federation, &args.sign)?;
     let partial = args.output.with_extension("part");
@@ -250,7 +258,7 @@ async fn media(args: MediaArgs) -> Result<u8, Failure> {
         )
     })?;
     let result = federation
-        .download_media(&server, media_id, &mut file, args.max_size)
+        .download_media(&mxc, &mut file, args.max_size)
         .await;
     drop(file);
     match result {

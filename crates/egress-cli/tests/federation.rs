@@ -1,11 +1,13 @@
 //! `egress federation` against a real Synapse through squid.
 
+#[path = "../../egress/tests/support/matrix.rs"]
+mod matrix;
 #[path = "../../egress/tests/support/mod.rs"]
 mod support;
 
 use std::process::Output;
 
-use support::matrix::*;
+use matrix::*;
 use support::*;
 
 fn federation(env: &[(&str, &str)], args: &[&str]) -> Output {

@@ -190,6 +190,7 @@ mod connect;
 mod doctor;
 mod env;
 mod error;
+#[cfg(feature = "federation")]
 pub mod federation;
 #[cfg(feature = "yaml")]
 mod homeserver;

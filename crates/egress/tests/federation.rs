@@ -3,12 +3,18 @@
 //! no_proxy on SRV targets, signed requests Synapse accepts or rejects,
 //! server keys, notary keys and remote media.
 
+#![cfg(feature = "federation")]
+
+#[path = "support/matrix.rs"]
+mod matrix;
 mod support;
 
-use egress::federation::{Federation, FederationError, ServerName, SigningKey};
+use egress::federation::{
+    Federation, FederationError, OwnedMxcUri, OwnedServerName, ServerName, SigningKey,
+};
 use egress::{Error, HomeserverYaml, Outbound, ProxyEnv, ProxySettings, Purpose};
 use http::Method;
-use support::matrix::*;
+use matrix::*;
 use support::*;
 
 fn federation(env: &[(&str, &str)], yaml: &str) -> Federation {
@@ -48,11 +54,17 @@ fn origin_key() -> SigningKey {
 /// Through squid, signing as our key server's IP-literal origin.
 fn signed_federation() -> Federation {
     federation(&[("https_proxy", &squid_env())], &ca_yaml())
-        .with_signing_key(&matrix().origin_name(), origin_key())
+        .with_signing_key(&name(&matrix().origin_name()), origin_key())
 }
 
-fn name(s: &str) -> ServerName {
+fn name(s: &str) -> OwnedServerName {
     ServerName::parse(s).unwrap()
+}
+
+fn mxc(media_id: &str) -> OwnedMxcUri {
+    let mxc = OwnedMxcUri::from(format!("mxc://hs1.test/{media_id}"));
+    mxc.validate().unwrap();
+    mxc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,8 +263,8 @@ async fn synapse_accepts_our_signature_and_rejects_a_wrong_key() {
     let fresh = SigningKey::generate().to_file_line();
     let seed = fresh.split_whitespace().nth(2).unwrap();
     let impostor = SigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
-    let fed =
-        federation(&[("https_proxy", &proxy)], &ca_yaml()).with_signing_key(&origin, impostor);
+    let fed = federation(&[("https_proxy", &proxy)], &ca_yaml())
+        .with_signing_key(&name(&origin), impostor);
     let (_, response) = fed
         .request(
             Purpose::Federation,
@@ -288,7 +300,7 @@ async fn notary_keys_verify_and_tampering_fails() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let answers = fed
-        .notary_keys(&name("hs1.test"), &m.origin_name())
+        .notary_keys(&name("hs1.test"), &name(&m.origin_name()))
         .await
         .unwrap();
     assert_eq!(answers.len(), 1);
@@ -316,7 +328,7 @@ async fn notary_keys_verify_and_tampering_fails() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let err = egress::federation::check_server_keys(&value, "hs1.test", now).unwrap_err();
+    let err = egress::federation::check_server_keys(&value, &name("hs1.test"), now).unwrap_err();
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
 
@@ -326,9 +338,10 @@ async fn remote_media_downloads_byte_for_byte_and_respects_the_limit() {
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let media_id = upload_media(m, &bytes, "application/octet-stream");
     let fed = signed_federation();
+    let mxc = mxc(&media_id);
     let mut out = Vec::new();
     let content_type = fed
-        .download_media(&name("hs1.test"), &media_id, &mut out, 50 * 1024 * 1024)
+        .download_media(&mxc, &mut out, 50 * 1024 * 1024)
         .await
         .unwrap();
     assert_eq!(out.len(), bytes.len());
@@ -336,7 +349,7 @@ async fn remote_media_downloads_byte_for_byte_and_respects_the_limit() {
     assert_eq!(content_type.as_deref(), Some("application/octet-stream"));
     let mut small = Vec::new();
     let err = fed
-        .download_media(&name("hs1.test"), &media_id, &mut small, 1000)
+        .download_media(&mxc, &mut small, 1000)
         .await
         .unwrap_err();
     assert!(
@@ -403,5 +416,207 @@ async fn ip_literal_server_names_connect_to_that_address() {
         r.steps.iter().all(|s| !s.contains("well-known")),
         "{:?}",
         r.steps
+    );
+}
+
+/// The test build has serde_json's `preserve_order` on (a dev-dependency
+/// feature, unified into this build): every test here, against Synapse
+/// included, runs with maps that keep insertion order.
+#[test]
+fn serde_json_preserve_order_is_on_in_this_build() {
+    let mut map = serde_json::Map::new();
+    map.insert("b".to_owned(), 1.into());
+    map.insert("a".to_owned(), 2.into());
+    let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["b", "a"],
+        "preserve_order is off: the canonical JSON tests below prove nothing"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(r#"{"z": 1, "y": 2}"#).unwrap();
+    assert_eq!(parsed.to_string(), r#"{"z":1,"y":2}"#);
+}
+
+/// The specification's canonical JSON and signing test vectors (appendices),
+/// written with keys out of order, under `preserve_order`.
+#[test]
+fn spec_test_vectors_hold_with_preserve_order() {
+    use egress::federation::canonical_json;
+    for (input, canonical) in [
+        (r#"{"one": 1, "two": "Two"}"#, r#"{"one":1,"two":"Two"}"#),
+        (r#"{"b": "2", "a": "1"}"#, r#"{"a":"1","b":"2"}"#),
+        (
+            r#"{"auth": {"success": true, "mxid": "@john.doe:example.com", "profile": {"display_name": "John Doe", "three_pids": [{"medium": "email", "address": "john.doe@example.org"}, {"medium": "msisdn", "address": "123456789"}]}}}"#,
+            r#"{"auth":{"mxid":"@john.doe:example.com","profile":{"display_name":"John Doe","three_pids":[{"address":"john.doe@example.org","medium":"email"},{"address":"123456789","medium":"msisdn"}]},"success":true}}"#,
+        ),
+        (r#"{"a": "日本語"}"#, r#"{"a":"日本語"}"#),
+        (r#"{"本": 2, "日": 1}"#, r#"{"日":1,"本":2}"#),
+        (r#"{"a": "\u65E5"}"#, r#"{"a":"日"}"#),
+        (r#"{"a": null}"#, r#"{"a":null}"#),
+    ] {
+        let value: serde_json::Value = serde_json::from_str(input).unwrap();
+        assert_eq!(canonical_json(&value).unwrap(), canonical, "{input}");
+    }
+
+    // The spec's signing key signs {"two": "Two", "one": 1} (out of order here).
+    let key = SigningKey::parse("ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+    assert_eq!(
+        key.public_key(),
+        "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI"
+    );
+    let value: serde_json::Value = serde_json::from_str(r#"{"two": "Two", "one": 1}"#).unwrap();
+    let mut object = egress::federation::to_canonical_object(&value).unwrap();
+    key.sign_json("domain", &mut object).unwrap();
+    let signed = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        signed["signatures"]["domain"]["ed25519:1"],
+        "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+    );
+    // A signed object as the spec prints it, signatures first: verifies.
+    let printed: serde_json::Value = serde_json::from_str(
+        r#"{"signatures": {"domain": {"ed25519:1": "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"}}, "two": "Two", "one": 1}"#,
+    )
+    .unwrap();
+    let printed = egress::federation::to_canonical_object(&printed).unwrap();
+    egress::federation::verify_json(&printed, "domain", "ed25519:1", &key.public_key()).unwrap();
+}
+
+/// Resident set size of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A writer that discards bytes and records the highest RSS seen while writing.
+struct RssSink {
+    written: u64,
+    peak_rss: u64,
+}
+
+impl std::io::Write for RssSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.written += buf.len() as u64;
+        self.peak_rss = self.peak_rss.max(rss());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// 50 MiB from Synapse through squid: written as it arrives, so the
+/// process grows by less than 8 MiB (a buffered answer would hold all of it
+/// while writing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_download_streams_in_bounded_memory() {
+    const SIZE: usize = 50 * 1024 * 1024;
+    let m = matrix();
+    let media_id = {
+        let bytes: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        upload_media(m, &bytes, "application/octet-stream")
+    };
+    let fed = signed_federation();
+    let mxc = mxc(&media_id);
+    // A small download first, so that connection pools, TLS and discovery
+    // caches exist before the baseline.
+    let mut warm = RssSink {
+        written: 0,
+        peak_rss: 0,
+    };
+    let err = fed.download_media(&mxc, &mut warm, 1024).await.unwrap_err();
+    assert!(matches!(err, FederationError::TooLarge { .. }), "{err}");
+    let before = rss();
+    let mut sink = RssSink {
+        written: 0,
+        peak_rss: before,
+    };
+    fed.download_media(&mxc, &mut sink, egress::federation::DEFAULT_MEDIA_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(sink.written, SIZE as u64);
+    let growth = sink.peak_rss.saturating_sub(before);
+    assert!(
+        growth < 8 * 1024 * 1024,
+        "RSS grew by {} KiB during a 50 MiB download",
+        growth / 1024
+    );
+}
+
+/// A multipart answer whose media part is a Location: followed as a new hop,
+/// routed anew (through squid), with the size limit still applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_location_part_is_a_new_routed_hop() {
+    let m = matrix();
+    let w = world();
+    let fed = signed_federation();
+    let mxc = OwnedMxcUri::from(format!("mxc://keys.test:{}/elsewhere", m.key_server_port));
+    let mut small = Vec::new();
+    let err = fed.download_media(&mxc, &mut small, 10).await.unwrap_err();
+    assert!(
+        matches!(err, FederationError::TooLarge { limit: 10 }),
+        "{err}"
+    );
+    let mut out = Vec::new();
+    fed.download_media(&mxc, &mut out, 1024).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "origin https /cdn/blob");
+    assert!(
+        !w.https_origin.seen("/cdn/blob").is_empty(),
+        "the CDN origin saw no request"
+    );
+    // squid logs a tunnel when it closes.
+    drop(fed);
+    let lines = w.squid.log_lines(&format!("CONNECT {}:", test_name(12)), 1);
+    assert!(
+        !lines.is_empty(),
+        "the CDN hop did not go through the proxy"
+    );
+}
+
+/// A server that answers the federation media endpoint with M_UNRECOGNIZED
+/// gets the legacy `/_matrix/media/v3/download` request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_falls_back_to_the_legacy_endpoint() {
+    let m = matrix();
+    let fed = signed_federation();
+    let server = format!("keys.test:{}", m.key_server_port);
+    let mxc = OwnedMxcUri::from(format!("mxc://{server}/old_1"));
+    let mut out = Vec::new();
+    let content_type = fed.download_media(&mxc, &mut out, 1024).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("legacy media /_matrix/media/v3/download/{server}/old_1")
+    );
+    assert_eq!(content_type.as_deref(), Some("text/plain"));
+}
+
+/// A signed POST whose JSON content is written out of key order (kept so by
+/// `preserve_order`): the X-Matrix signature covers the canonical form, and
+/// Synapse accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_accepts_a_signed_request_with_unordered_content() {
+    let fed = signed_federation();
+    let content: serde_json::Value = serde_json::from_str(&format!(
+        r#"{{"z_unused": {{"b": 1, "a": 2}}, "device_keys": {{"@{SYNAPSE_USER}:hs1.test": []}}}}"#
+    ))
+    .unwrap();
+    assert!(
+        content.to_string().starts_with(r#"{"z_unused":{"b":1"#),
+        "{content}"
+    );
+    let (_, response) = fed
+        .request(
+            Purpose::Federation,
+            Method::POST,
+            &name("hs1.test"),
+            "/_matrix/federation/v1/user/keys/query",
+            Some(&content),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "Synapse rejected a signed request with content"
     );
 }

@@ -1,12 +1,28 @@
 //! Federation through the proxy: server discovery, signed requests, server
-//! keys, remote media, and the 3PID public key validity check.
+//! keys, remote media, and the 3PID public key validity check. Server names,
+//! `mxc://` URIs, canonical JSON, signatures and the `X-Matrix` header are
+//! ruma's types.
 
-pub mod client;
-pub mod discovery;
-pub mod server_name;
-pub mod signing;
+mod body;
+mod discovery;
+mod error;
+mod keys;
+mod media;
+mod request;
+mod signing;
+mod srv;
+mod well_known;
 
-pub use client::{check_server_keys, Federation, FederationError, ServerKeys, DEFAULT_MEDIA_LIMIT};
 pub use discovery::{Discovery, Resolution};
-pub use server_name::{BadServerName, ServerName};
-pub use signing::{canonical_json, verify_json, SigningError, SigningKey};
+pub use error::FederationError;
+pub use keys::{check_server_keys, ServerKeys};
+pub use media::DEFAULT_MEDIA_LIMIT;
+pub use request::Federation;
+pub use ruma_common::{
+    CanonicalJsonObject, CanonicalJsonValue, MxcUri, OwnedMxcUri, OwnedServerName, ServerName,
+};
+pub use signing::{
+    canonical_json, to_canonical, to_canonical_object, verify_json, SigningError, SigningKey,
+};
+pub use srv::DnsSetupError;
+pub use well_known::{WELL_KNOWN_CACHE_ENTRIES, WELL_KNOWN_MAX_BYTES};

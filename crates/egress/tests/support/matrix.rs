@@ -4,6 +4,12 @@
 //! dnsmasq answering SRV queries, and a small Matrix test origin of ours on
 //! 127.0.0.1:443 (well-known answers) and on a second port (a key server
 //! for the IP-literal origin of signed requests).
+//!
+//! Declared by the federation test files next to `mod support` (as
+//! `#[path = "support/matrix.rs"] mod matrix;`), so that the other test
+//! binaries build without the `federation` feature.
+
+#![allow(dead_code)]
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -143,6 +149,7 @@ fn start_synapse(
          trusted_key_servers: []\n\
          suppress_key_server_warning: true\n\
          registration_shared_secret: egress-test-shared-secret\n\
+         max_upload_size: 100M\n\
          rc_login: {{address: {{per_second: 1000, burst_count: 1000}}, account: {{per_second: 1000, burst_count: 1000}}}}\n\
          rc_registration: {{per_second: 1000, burst_count: 1000}}\n\
          rc_federation: {{window_size: 1000, sleep_limit: 1000, reject_limit: 1000, concurrent: 100}}\n"
@@ -500,19 +507,38 @@ fn matrix_answer(
                 .unwrap()
                 .as_millis() as u64;
             let host = server_name.map_or(host, str::to_owned);
-            let mut keys = json!({
+            let keys = json!({
                 "server_name": host,
                 "valid_until_ts": now + 3_600_000,
                 "verify_keys": {key.key_id(): {"key": key.public_key()}},
                 "old_verify_keys": {},
             });
-            key.sign_json(&host, &mut keys);
-            json_response(200, keys.to_string())
+            let mut keys = egress::federation::to_canonical_object(&keys).unwrap();
+            key.sign_json(&host, &mut keys).unwrap();
+            json_response(200, serde_json::to_string(&keys).unwrap())
+        }
+        // Remote media whose bytes are elsewhere: the multipart answer's
+        // second part is a Location (on the plain HTTPS test origin).
+        "/_matrix/federation/v1/media/download/elsewhere" => {
+            let location = world().https_origin.url(&test_name(12), "/cdn/blob");
+            let body = format!(
+                "--b0undary\r\nContent-Type: application/json\r\n\r\n{{}}\r\n\
+                 --b0undary\r\nLocation: {location}\r\n\r\n\r\n--b0undary--\r\n"
+            );
+            Response::builder()
+                .header("content-type", "multipart/mixed; boundary=b0undary")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
         }
         "/_matrix/federation/v1/version" => json_response(
             200,
             json!({"server": {"name": "egress-test-keyserver", "version": "1"}}).to_string(),
         ),
+        // The legacy media endpoint (this origin does not know the federation one).
+        path if path.starts_with("/_matrix/media/v3/download/") => Response::builder()
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(format!("legacy media {path}"))))
+            .unwrap(),
         _ => json_response(404, json!({"errcode": "M_UNRECOGNIZED"}).to_string()),
     }
 }

@@ -9,8 +9,6 @@
 
 #![allow(dead_code)]
 
-pub mod matrix;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};

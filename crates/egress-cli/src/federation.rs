@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use egress::federation::{
+use egress::Purpose;
+use egress::{
     Federation, FederationError, OwnedMxcUri, OwnedServerName, ServerName, SigningKey,
     DEFAULT_MEDIA_LIMIT,
 };
-use egress::{Outbound, Purpose, Route, Scheme};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -170,11 +170,9 @@ fn generate_key(args: GenerateKeyArgs) -> ExitCode {
     }
 }
 
-fn build(net: &FedNetArgs) -> Result<(Outbound, Federation), Failure> {
+fn build(net: &FedNetArgs) -> Result<Federation, Failure> {
     let outbound = net.net.outbound()?;
-    let federation = Federation::new(outbound.clone(), net.dns_server)
-        .map_err(|e| (exit::FAILURE, e.to_string()))?;
-    Ok((outbound, federation))
+    Federation::new(outbound, net.dns_server).map_err(|e| (exit::FAILURE, e.to_string()))
 }
 
 fn signed(federation: Federation, sign: &SignArgs) -> Result<Federation, Failure> {
@@ -215,7 +213,7 @@ fn server_name(text: &str) -> Result<OwnedServerName, Failure> {
 
 async fn get(args: GetArgs) -> Result<u8, Failure> {
     let server = server_name(&args.server_name)?;
-    let (_, federation) = build(&args.net)?;
+    let federation = build(&args.net)?;
     let federation = signed(federation, &args.sign)?;
     let (_, response) = federation
         .request(Purpose::Federation, Method::GET, &server, &args.path, None)
@@ -248,7 +246,7 @@ async fn media(args: MediaArgs) -> Result<u8, Failure> {
             format!("`{}` is not an mxc://server/mediaId URI: {e}", args.mxc),
         )
     })?;
-    let (_, federation) = build(&args.net)?;
+    let federation = build(&args.net)?;
     let federation = signed(federation, &args.sign)?;
     let partial = args.output.with_extension("part");
     let mut file = std::fs::File::create(&partial).map_err(|e| {
@@ -303,12 +301,12 @@ impl Report {
 
 async fn test(args: TestArgs) -> Result<u8, Failure> {
     let server = server_name(&args.server_name)?;
-    let (outbound, federation) = build(&args.net)?;
+    let federation = build(&args.net)?;
     let mut report = Report {
         json: args.json,
         lines: Vec::new(),
     };
-    let outcome = run_test(&server, &outbound, &federation, &mut report).await;
+    let outcome = run_test(&server, &federation, &mut report).await;
     let (ok, last) = match &outcome {
         Ok(()) => (true, "federation OK".to_owned()),
         Err(reason) => (false, format!("federation FAILED: {reason}")),
@@ -326,11 +324,10 @@ async fn test(args: TestArgs) -> Result<u8, Failure> {
 
 async fn run_test(
     server: &ServerName,
-    outbound: &Outbound,
     federation: &Federation,
     report: &mut Report,
 ) -> Result<(), String> {
-    let resolution = federation.discovery().resolve(server).await;
+    let (resolution, checks) = federation.check_targets(server).await;
     for step in &resolution.steps {
         report.step("discovery", step.clone());
     }
@@ -348,38 +345,27 @@ async fn run_test(
             resolution.host_header
         ),
     );
-    let settings = outbound.settings();
     let mut first_error = None;
-    let mut reached = false;
-    for (host, port) in &resolution.targets {
-        let route = Route::for_target(settings, Purpose::Federation, Scheme::Https, host, *port);
-        report.step("route", format!("{host}:{port}: {}", route.explain()));
-        match outbound
-            .connector(Purpose::Federation)
-            .probe_tls(host, *port, &resolution.tls_name)
-            .await
-        {
-            Ok(certificate) => {
-                if let Some(cert) = certificate {
-                    report.step(
-                        "tls",
-                        format!(
-                            "certificate for {}: subject {}, issuer {}, expires {}; verification OK",
-                            resolution.tls_name, cert.subject, cert.issuer, cert.not_after
-                        ),
-                    );
-                }
-                reached = true;
-                break;
-            }
+    for check in &checks {
+        let (host, port) = (&check.host, check.port);
+        report.step("route", format!("{host}:{port}: {}", check.route));
+        match &check.result {
+            Ok(Some(cert)) => report.step(
+                "tls",
+                format!(
+                    "certificate for {}: subject {}, issuer {}, expires {}; verification OK",
+                    resolution.tls_name, cert.subject, cert.issuer, cert.not_after
+                ),
+            ),
+            Ok(None) => {}
             Err(e) => {
-                let e = crate::advice::chain(&e);
+                let e = crate::advice::chain(e);
                 report.step("tls", format!("{host}:{port}: {e}"));
                 first_error.get_or_insert(e);
             }
         }
     }
-    if !reached {
+    if !checks.iter().any(|c| c.result.is_ok()) {
         return Err(first_error.unwrap_or_else(|| "no target".to_owned()));
     }
     let version = federation

@@ -226,7 +226,7 @@ fn generate_key_writes_a_synapse_key_file_once() {
     let out = federation(&[], &["generate-key", "-o", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let line = std::fs::read_to_string(&file).unwrap();
-    let key = egress::federation::SigningKey::parse(&line).unwrap();
+    let key = egress::SigningKey::parse(&line).unwrap();
     assert!(text(&out).contains(&key.public_key()));
     assert!(line.starts_with("ed25519 a_"));
     let out = federation(&[], &["generate-key", "-o", file.to_str().unwrap()]);

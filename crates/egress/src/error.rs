@@ -215,7 +215,7 @@ impl Error {
 
 /// An error and its sources, joined with `: ` (for messages that embed an
 /// error, as the doctor's details and federation's per-target list do).
-#[cfg(feature = "doctor")]
+#[cfg(any(feature = "doctor", feature = "federation"))]
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

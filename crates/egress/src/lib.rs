@@ -17,7 +17,7 @@
 //!    hop and applies it — the blocklist on every direct connection, the
 //!    proxy (`CONNECT` or absolute-form), the TLS policy. Nothing public
 //!    turns a hand-made route into a connection;
-//! 4. **federation** ([`federation::Federation`]): server discovery, signed
+//! 4. **federation** ([`Federation`]): server discovery, signed
 //!    requests, server keys and remote media on top of the clients.
 //!
 //! ## Settings and the decision
@@ -176,8 +176,8 @@
 //!
 //! * `yaml` (default): [`HomeserverYaml`], reading Synapse's homeserver.yaml;
 //! * `doctor` (default): [`check_proxy`] and certificate details;
-//! * `federation` (default): [`federation`], with hickory for SRV and ruma
-//!   for Matrix types.
+//! * `federation` (default): [`Federation`], with hickory for SRV and ruma
+//!   for Matrix types ([`ServerName`], [`MxcUri`], canonical JSON, signatures).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -191,7 +191,8 @@ mod doctor;
 mod env;
 mod error;
 #[cfg(feature = "federation")]
-pub mod federation;
+#[cfg(feature = "federation")]
+mod federation;
 #[cfg(feature = "yaml")]
 mod homeserver;
 mod ip_table;
@@ -211,6 +212,15 @@ pub use connect::{Connector, Timeouts};
 pub use doctor::{check_proxy, CertificateInfo, ProxyCheck, ProxyCheckStep};
 pub use env::{EnvVar, ProxyEnv};
 pub use error::{Error, TimeoutStep};
+#[cfg(all(feature = "federation", feature = "doctor"))]
+pub use federation::TargetCheck;
+#[cfg(feature = "federation")]
+pub use federation::{
+    canonical_json, check_server_keys, to_canonical, to_canonical_object, verify_json,
+    CanonicalJsonObject, CanonicalJsonValue, Discovery, DnsSetupError, Federation, FederationError,
+    MxcUri, OwnedMxcUri, OwnedServerName, Resolution, ServerKeys, ServerName, SigningError,
+    SigningKey, DEFAULT_MEDIA_LIMIT, WELL_KNOWN_CACHE_ENTRIES, WELL_KNOWN_MAX_BYTES,
+};
 #[cfg(feature = "yaml")]
 pub use homeserver::{HomeserverYaml, Key};
 pub use no_proxy::{NoProxy, NoProxyMatch, NoProxyWarning};

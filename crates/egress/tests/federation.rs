@@ -9,10 +9,8 @@
 mod matrix;
 mod support;
 
-use egress::federation::{
-    Federation, FederationError, OwnedMxcUri, OwnedServerName, ServerName, SigningKey,
-};
 use egress::{Error, HomeserverYaml, Outbound, ProxyEnv, ProxySettings, Purpose};
+use egress::{Federation, FederationError, OwnedMxcUri, OwnedServerName, ServerName, SigningKey};
 use http::Method;
 use matrix::*;
 use support::*;
@@ -328,7 +326,7 @@ async fn notary_keys_verify_and_tampering_fails() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let err = egress::federation::check_server_keys(&value, &name("hs1.test"), now).unwrap_err();
+    let err = egress::check_server_keys(&value, &name("hs1.test"), now).unwrap_err();
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
 
@@ -441,7 +439,7 @@ fn serde_json_preserve_order_is_on_in_this_build() {
 /// written with keys out of order, under `preserve_order`.
 #[test]
 fn spec_test_vectors_hold_with_preserve_order() {
-    use egress::federation::canonical_json;
+    use egress::canonical_json;
     for (input, canonical) in [
         (r#"{"one": 1, "two": "Two"}"#, r#"{"one":1,"two":"Two"}"#),
         (r#"{"b": "2", "a": "1"}"#, r#"{"a":"1","b":"2"}"#),
@@ -465,7 +463,7 @@ fn spec_test_vectors_hold_with_preserve_order() {
         "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI"
     );
     let value: serde_json::Value = serde_json::from_str(r#"{"two": "Two", "one": 1}"#).unwrap();
-    let mut object = egress::federation::to_canonical_object(&value).unwrap();
+    let mut object = egress::to_canonical_object(&value).unwrap();
     key.sign_json("domain", &mut object).unwrap();
     let signed = serde_json::to_value(&object).unwrap();
     assert_eq!(
@@ -477,8 +475,8 @@ fn spec_test_vectors_hold_with_preserve_order() {
         r#"{"signatures": {"domain": {"ed25519:1": "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"}}, "two": "Two", "one": 1}"#,
     )
     .unwrap();
-    let printed = egress::federation::to_canonical_object(&printed).unwrap();
-    egress::federation::verify_json(&printed, "domain", "ed25519:1", &key.public_key()).unwrap();
+    let printed = egress::to_canonical_object(&printed).unwrap();
+    egress::verify_json(&printed, "domain", "ed25519:1", &key.public_key()).unwrap();
 }
 
 /// Resident set size of this process, in bytes.
@@ -531,7 +529,7 @@ async fn a_50_mib_download_streams_in_bounded_memory() {
         written: 0,
         peak_rss: before,
     };
-    fed.download_media(&mxc, &mut sink, egress::federation::DEFAULT_MEDIA_LIMIT)
+    fed.download_media(&mxc, &mut sink, egress::DEFAULT_MEDIA_LIMIT)
         .await
         .unwrap();
     assert_eq!(sink.written, SIZE as u64);

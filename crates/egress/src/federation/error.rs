@@ -19,7 +19,7 @@ pub enum FederationError {
     #[error(transparent)]
     Dns(#[from] DnsSetupError),
     /// No target could be reached; each target's error, in order.
-    #[error("cannot reach {server}: {}", .errors.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("cannot reach {server}: {}", .errors.iter().map(|(t, e)| format!("{t}: {}", crate::error::chain(e))).collect::<Vec<_>>().join("; "))]
     Unreachable {
         /// The server name.
         server: String,

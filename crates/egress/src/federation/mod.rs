@@ -18,6 +18,8 @@ pub use error::FederationError;
 pub use keys::{check_server_keys, ServerKeys};
 pub use media::DEFAULT_MEDIA_LIMIT;
 pub use request::Federation;
+#[cfg(feature = "doctor")]
+pub use request::TargetCheck;
 pub use ruma_common::{
     CanonicalJsonObject, CanonicalJsonValue, MxcUri, OwnedMxcUri, OwnedServerName, ServerName,
 };

@@ -17,6 +17,55 @@ use super::error::FederationError;
 use super::signing::{SigningError, SigningKey};
 use crate::{Body, Outbound, Purpose};
 
+/// One discovered target's connection check ([`Federation::check_targets`]).
+#[cfg(feature = "doctor")]
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TargetCheck {
+    /// The host connected to.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The route taken and why ([`crate::Route::explain`]).
+    pub route: String,
+    /// The certificate the server presented (verified), or why the connection failed.
+    pub result: Result<Option<crate::CertificateInfo>, crate::Error>,
+}
+
+/// What one attempt on a target came to.
+enum Attempt<T> {
+    /// Done: stop here.
+    Done(T),
+    /// Try the next target; the error, to report if none works.
+    Next(Option<crate::Error>),
+}
+
+/// Tries `attempt` on each target of `resolution` in order until one is
+/// done: its answer, and the failures before it as (`host:port`, error). An
+/// `Err` from `attempt` (not about the target) ends the loop at once. The
+/// one target loop of federation: requests and checks both use it.
+async fn first_target<'r, T, F, Fut>(
+    resolution: &'r Resolution,
+    mut attempt: F,
+) -> Result<(Option<T>, Vec<(String, crate::Error)>), FederationError>
+where
+    F: FnMut(&'r str, u16) -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt<T>, FederationError>>,
+{
+    let mut errors = Vec::new();
+    for (host, port) in &resolution.targets {
+        match attempt(host, *port).await? {
+            Attempt::Done(answer) => return Ok((Some(answer), errors)),
+            Attempt::Next(Some(err)) => {
+                tracing::debug!("{host}:{port}: {err}");
+                errors.push((crate::connect::authority(host, *port), err));
+            }
+            Attempt::Next(None) => {}
+        }
+    }
+    Ok((None, errors))
+}
+
 /// The most of a JSON response that is read.
 pub(super) const JSON_LIMIT: u64 = 4 * 1024 * 1024;
 
@@ -65,21 +114,68 @@ impl Federation {
     ) -> Result<(Resolution, Response<Body>), FederationError> {
         let resolution = self.discovery.resolve(server).await;
         let client = self.outbound.client(purpose);
-        let mut errors = Vec::new();
-        for (host, port) in &resolution.targets {
-            let request = self.build(&method, server, &resolution, path, content)?;
-            match client.send_to(request, host, *port).await {
-                Ok(response) => return Ok((resolution, response)),
-                Err(err) => {
-                    tracing::debug!("{host}:{port}: {err}");
-                    errors.push((crate::connect::tunnel::authority(host, *port), err));
-                }
+        let (answer, errors) = first_target(&resolution, |host, port| {
+            let request = self.build(&method, server, &resolution, path, content);
+            let client = &client;
+            async move {
+                Ok(match client.send_to(request?, host, port).await {
+                    Ok(response) => Attempt::Done(response),
+                    Err(err) => Attempt::Next(Some(err)),
+                })
             }
-        }
-        Err(FederationError::Unreachable {
-            server: server.to_string(),
-            errors,
         })
+        .await?;
+        match answer {
+            Some(response) => Ok((resolution, response)),
+            None => Err(FederationError::Unreachable {
+                server: server.to_string(),
+                errors,
+            }),
+        }
+    }
+
+    /// Discovers `server` and connects to its targets in the order
+    /// [`Federation::request`] tries them, until one completes TLS (verified
+    /// for the server name, under the federation rules): each attempt with its
+    /// route and outcome. No request is sent.
+    #[cfg(feature = "doctor")]
+    pub async fn check_targets(&self, server: &ServerName) -> (Resolution, Vec<TargetCheck>) {
+        let resolution = self.discovery.resolve(server).await;
+        let connector = self.outbound.connector(Purpose::Federation);
+        // Shared by the attempts, one at a time (never borrowed across an await).
+        let checks = std::cell::RefCell::new(Vec::new());
+        let settings = self.outbound.settings();
+        let done = first_target(&resolution, |host, port| {
+            let route = crate::Route::for_target(
+                settings,
+                Purpose::Federation,
+                crate::Scheme::Https,
+                host,
+                port,
+            )
+            .explain();
+            let connector = &connector;
+            let tls_name = resolution.tls_name.as_str();
+            let checks = &checks;
+            async move {
+                let result = connector.probe_tls(host, port, tls_name).await;
+                let ok = result.is_ok();
+                checks.borrow_mut().push(TargetCheck {
+                    host: host.to_owned(),
+                    port,
+                    route,
+                    result,
+                });
+                Ok(if ok {
+                    Attempt::Done(())
+                } else {
+                    Attempt::Next(None)
+                })
+            }
+        })
+        .await;
+        debug_assert!(done.is_ok(), "the checks' attempts never fail");
+        (resolution, checks.into_inner())
     }
 
     fn build(

@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use egress::federation::SigningKey;
+use egress::SigningKey;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -513,7 +513,7 @@ fn matrix_answer(
                 "verify_keys": {key.key_id(): {"key": key.public_key()}},
                 "old_verify_keys": {},
             });
-            let mut keys = egress::federation::to_canonical_object(&keys).unwrap();
+            let mut keys = egress::to_canonical_object(&keys).unwrap();
             key.sign_json(&host, &mut keys).unwrap();
             json_response(200, serde_json::to_string(&keys).unwrap())
         }

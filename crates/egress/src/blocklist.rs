@@ -36,7 +36,7 @@ pub const DEFAULT_IP_RANGE_BLOCKLIST: &[&str] = &[
 ];
 
 /// Addresses every blocklist blocks, whatever it is configured to.
-pub const ALWAYS_BLOCKED: &[&str] = &["0.0.0.0/32", "::/128"];
+pub(crate) const ALWAYS_BLOCKED: &[&str] = &["0.0.0.0/32", "::/128"];
 
 /// A blocklist with its allowlist holes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +141,7 @@ fn configured(list: &IpTable<IpNet>) -> impl Iterator<Item = IpNet> + '_ {
 }
 
 /// The parsed default ranges.
-pub fn default_ranges() -> Vec<IpNet> {
+pub(crate) fn default_ranges() -> Vec<IpNet> {
     DEFAULT_IP_RANGE_BLOCKLIST
         .iter()
         .map(|r| r.parse().expect("the default list is valid"))
@@ -188,7 +188,7 @@ fn ipv6_forms(net: Ipv4Net) -> [Ipv6Net; 3] {
 /// Parses one range of a blocklist or allowlist setting: CIDR or a single
 /// address. Host bits are cleared (`10.1.2.3/8` means `10.0.0.0/8`), as
 /// netaddr does.
-pub fn parse_range(text: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_range(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net.trunc());

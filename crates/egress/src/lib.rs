@@ -181,6 +181,7 @@
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+#![deny(unreachable_pub)]
 
 mod blocklist;
 mod client;
@@ -203,7 +204,7 @@ mod route;
 mod settings;
 mod tls_policy;
 
-pub use blocklist::{Blocked, Blocklist};
+pub use blocklist::{Blocked, Blocklist, DEFAULT_IP_RANGE_BLOCKLIST};
 pub use client::{Body, Client, Outbound, OutboundBuilder, PoolStats, RequestBody, MAX_REDIRECTS};
 pub use config_error::ConfigError;
 pub use connect::stream::ConnectedStream;

@@ -17,7 +17,7 @@ use crate::{ConfigError, TlsPolicy};
 
 /// The client configurations a set of settings needs.
 #[derive(Clone)]
-pub struct TlsConfigs {
+pub(crate) struct TlsConfigs {
     regular: Arc<ClientConfig>,
     federation: Arc<ClientConfig>,
     insecure: Arc<ClientConfig>,
@@ -35,7 +35,10 @@ impl std::fmt::Debug for TlsConfigs {
 impl TlsConfigs {
     /// Loads the trust stores. `extra_cas` are PEM files trusted in addition
     /// to the system store for regular connections (the CLI's `--cacert`).
-    pub fn new(policy: &TlsPolicy, extra_cas: &[PathBuf]) -> Result<TlsConfigs, ConfigError> {
+    pub(crate) fn new(
+        policy: &TlsPolicy,
+        extra_cas: &[PathBuf],
+    ) -> Result<TlsConfigs, ConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut system = system_roots();
         for file in extra_cas {
@@ -74,7 +77,7 @@ impl TlsConfigs {
 
     /// The configuration for a TLS connection to `server_name` under `kind`.
     /// `server_name` is what federation's whitelist is matched against.
-    pub fn config(&self, kind: TlsKind, server_name: &str) -> Arc<ClientConfig> {
+    pub(crate) fn config(&self, kind: TlsKind, server_name: &str) -> Arc<ClientConfig> {
         match kind {
             TlsKind::Federation if self.policy.federation_verifies(server_name) => {
                 self.federation.clone()

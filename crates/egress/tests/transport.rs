@@ -463,3 +463,31 @@ async fn the_connector_serves_hyper_utils_legacy_client() {
         "{lines:?}"
     );
 }
+
+/// What the test servers' cleanup relies on: stopping a server stops the
+/// helpers it started too (as squid starts basic_ncsa_auth), not only the
+/// process the tests spawned.
+#[test]
+fn stopping_a_test_server_stops_what_it_started() {
+    let dir = temp_dir("stop-server");
+    let pid_file = dir.join("helper.pid");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "sleep 300 & echo $! > {}.tmp && mv {0}.tmp {0}; exec sleep 300",
+        pid_file.display()
+    ));
+    let server = spawn(cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let helper: u32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            break text.trim().parse().expect("a pid");
+        }
+        assert!(std::time::Instant::now() < deadline, "no helper pid");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = server.id();
+    assert!(running(pid) && running(helper));
+    stop_server(server);
+    assert!(!running(pid), "the server outlived stop_server");
+    assert!(!running(helper), "its helper outlived stop_server");
+}

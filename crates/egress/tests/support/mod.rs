@@ -124,12 +124,36 @@ fn server_groups() -> &'static Mutex<Vec<libc::pid_t>> {
     &GROUPS
 }
 
-/// Stops every server group: SIGTERM to each whole group, up to 5 s for them
-/// to end (squid's shutdown_lifetime is 1 s), then SIGKILL to whatever is
-/// left; reaps the group leaders. Runs from `atexit`, so it must not panic.
+/// Stops every server `spawn` started, with everything each one started.
+/// Runs from `atexit`, so it must not panic.
 extern "C" fn stop_servers() {
     let groups: Vec<libc::pid_t> =
         std::mem::take(&mut *server_groups().lock().unwrap_or_else(|e| e.into_inner()));
+    stop_groups(&groups);
+}
+
+/// Stops a server `spawn` started, and everything it started.
+pub fn stop_server(server: Child) {
+    // `stop_groups` reaps it (waitpid): `Child::wait` would find nothing to wait for.
+    stop_groups(&[server.id() as libc::pid_t]);
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state ...`: comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM to each whole process group, up to 5 s for them to end (squid
+/// takes about 1.5 s), then SIGKILL to whatever is left; reaps the group
+/// leaders (our children). Never panics.
+fn stop_groups(groups: &[libc::pid_t]) {
     if groups.is_empty() {
         return;
     }
@@ -146,12 +170,12 @@ extern "C" fn stop_servers() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    for &group in &groups {
+    for &group in groups {
         unsafe { libc::kill(-group, libc::SIGTERM) };
     }
     wait(Duration::from_secs(5));
     let mut killed = Vec::new();
-    for &group in &groups {
+    for &group in groups {
         if alive(group) {
             unsafe { libc::kill(-group, libc::SIGKILL) };
             killed.push(group);
@@ -471,7 +495,7 @@ impl Squid {
              http_access allow open\n\
              http_access allow authed\n\
              http_access deny all\n\
-             shutdown_lifetime 1 seconds\n\
+             shutdown_lifetime 0 seconds\n\
              debug_options ALL,1 11,2\n"
         );
         std::fs::write(dir.join("squid.conf"), conf).unwrap();

@@ -242,9 +242,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Only `egress-test-<pid>-<name>`: a folder of another kind that
+            // happens to share the prefix is not ours to remove.
             let Some(pid) = name
                 .strip_prefix("egress-test-")
                 .and_then(|r| r.split('-').next())
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
             else {
                 continue;
             };

@@ -8,7 +8,9 @@
 //! `exit`), an `atexit` handler stops every group, helpers and kids included
 //! (SIGTERM, then SIGKILL). If the binary dies without exiting, the direct
 //! children still die with it (PR_SET_PDEATHSIG, tied to a fixture thread
-//! that lives as long as the process).
+//! that lives as long as the process), except squid: it changes user, which
+//! clears PR_SET_PDEATHSIG. scripts/test's final check (scripts/leftovers)
+//! reports and stops anything left.
 
 #![allow(dead_code)]
 
@@ -134,8 +136,13 @@ extern "C" fn stop_servers() {
 
 /// Stops a server `spawn` started, and everything it started.
 pub fn stop_server(server: Child) {
+    let group = server.id() as libc::pid_t;
+    server_groups()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&g| g != group);
     // `stop_groups` reaps it (waitpid): `Child::wait` would find nothing to wait for.
-    stop_groups(&[server.id() as libc::pid_t]);
+    stop_groups(&[group]);
 }
 
 /// Whether `pid` is a live process (not gone, not a zombie).

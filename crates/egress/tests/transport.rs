@@ -199,12 +199,16 @@ async fn no_proxy_match_goes_direct() {
     let out = outbound(&env, "ip_range_whitelist: ['127.0.0.0/8']\n");
     let target = w.https_origin.url(&host, "/bypass-direct");
     assert_eq!(get(&out, Purpose::Push, &target).await.unwrap().0, 200);
-    drop(out);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        w.squid.log_lines(&host, 0).is_empty(),
-        "the proxy saw {host}"
-    );
+    // Through squid, the answer would have come after squid parsed the CONNECT.
+    let connects = w.squid.requests(&format!("CONNECT {host}:"));
+    assert_eq!(connects, Vec::<String>::new(), "the proxy saw {host}");
+    // Control: the same record holds a request that did go through squid.
+    let control_host = test_name(6);
+    let control = outbound(&[("https_proxy", url.as_str())], "");
+    let target = w.https_origin.url(&control_host, "/bypass-control");
+    assert_eq!(get(&control, Purpose::Push, &target).await.unwrap().0, 200);
+    let connects = w.squid.requests(&format!("CONNECT {control_host}:"));
+    assert_eq!(connects.len(), 1, "squid's record: {connects:?}");
     assert_eq!(w.https_origin.seen("/bypass-direct").len(), 1);
 }
 
@@ -451,4 +455,32 @@ async fn the_connector_serves_hyper_utils_legacy_client() {
             .all(|l| l.contains("TCP_TUNNEL/200") && l.contains(" alice ")),
         "{lines:?}"
     );
+}
+
+/// What the test servers' cleanup relies on: stopping a server stops the
+/// helpers it started too (as squid starts basic_ncsa_auth), not only the
+/// process the tests spawned.
+#[test]
+fn stopping_a_test_server_stops_what_it_started() {
+    let dir = temp_dir("stop-server");
+    let pid_file = dir.join("helper.pid");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "sleep 300 & echo $! > {}.tmp && mv {0}.tmp {0}; exec sleep 300",
+        pid_file.display()
+    ));
+    let server = spawn(cmd);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let helper: u32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            break text.trim().parse().expect("a pid");
+        }
+        assert!(std::time::Instant::now() < deadline, "no helper pid");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = server.id();
+    assert!(running(pid) && running(helper));
+    stop_server(server);
+    assert!(!running(pid), "the server outlived stop_server");
+    assert!(!running(helper), "its helper outlived stop_server");
 }

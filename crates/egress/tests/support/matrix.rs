@@ -207,7 +207,12 @@ fn start() -> Matrix {
     // dnsmasq for SRV.
     let dns_port = free_port();
     let dnsmasq = require("dnsmasq");
+    // The options are all on the command line; the (empty) config file puts
+    // the test folder in it, which is how scripts/test finds leftovers.
+    let dns_conf = dir.join("dnsmasq.conf");
+    std::fs::write(&dns_conf, "# egress tests: options on the command line\n").unwrap();
     let mut cmd = Command::new(dnsmasq);
+    cmd.arg(format!("--conf-file={}", dns_conf.display()));
     cmd.args([
         "--no-daemon",
         &format!("--port={dns_port}"),
@@ -287,7 +292,7 @@ fn start() -> Matrix {
         access_token,
         dir,
         // Dropping a Child handle does not stop the process; all of them
-        // end with the test process (PR_SET_PDEATHSIG).
+        // are stopped when the test process exits (support::spawn).
         _children: children,
     }
 }

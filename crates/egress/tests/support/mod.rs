@@ -3,9 +3,14 @@
 //! auth), tinyproxy (with and without), stunnel in front of each (TLS
 //! proxies), and a small fake proxy for faults no real proxy produces.
 //!
-//! Started once per test binary; child processes die with it
-//! (PR_SET_PDEATHSIG, tied to a fixture thread that lives as long as the
-//! process).
+//! Started once per test binary. Each server runs in its own process group;
+//! when the test binary exits normally (the harness's `main` returns or calls
+//! `exit`), an `atexit` handler stops every group, helpers and kids included
+//! (SIGTERM, then SIGKILL). If the binary dies without exiting, the direct
+//! children still die with it (PR_SET_PDEATHSIG, tied to a fixture thread
+//! that lives as long as the process), except squid: it changes user, which
+//! clears PR_SET_PDEATHSIG. scripts/test's final check (scripts/leftovers)
+//! reports and stops anything left.
 
 #![allow(dead_code)]
 
@@ -73,20 +78,33 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Spawns children from one thread that lives until the process exits, so
 /// that PR_SET_PDEATHSIG (which follows the spawning thread) kills them only then.
+/// Each child leads a process group of its own, which `stop_servers` ends
+/// (with everything the child started) when the test binary exits.
 pub fn spawn(mut cmd: Command) -> Child {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
+        // SAFETY: registers a plain `extern "C" fn` that never unwinds.
+        let rc = unsafe { libc::atexit(stop_servers) };
+        assert_eq!(rc, 0, "cannot register the test servers' stop handler");
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::spawn(move || {
             for (mut cmd, reply) in rx {
+                cmd.process_group(0);
                 unsafe {
                     cmd.pre_exec(|| {
                         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                         Ok(())
                     });
                 }
-                let _ = reply.send(cmd.spawn());
+                let child = cmd.spawn();
+                if let Ok(child) = &child {
+                    server_groups()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(child.id() as libc::pid_t);
+                }
+                let _ = reply.send(child);
             }
         });
         Mutex::new(tx)
@@ -97,6 +115,81 @@ pub fn spawn(mut cmd: Command) -> Child {
     rx.recv()
         .unwrap()
         .unwrap_or_else(|e| panic!("cannot start a test server: {e}"))
+}
+
+/// The process groups of the servers started by `spawn` (each group's id is
+/// its leader's pid, the child `spawn` started).
+fn server_groups() -> &'static Mutex<Vec<libc::pid_t>> {
+    static GROUPS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+    &GROUPS
+}
+
+/// Stops every server `spawn` started, with everything each one started.
+/// Runs from `atexit`, so it must not panic.
+extern "C" fn stop_servers() {
+    let groups: Vec<libc::pid_t> =
+        std::mem::take(&mut *server_groups().lock().unwrap_or_else(|e| e.into_inner()));
+    stop_groups(&groups);
+}
+
+/// Stops a server `spawn` started, and everything it started.
+pub fn stop_server(server: Child) {
+    let group = server.id() as libc::pid_t;
+    server_groups()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&g| g != group);
+    // `stop_groups` reaps it (waitpid): `Child::wait` would find nothing to wait for.
+    stop_groups(&[group]);
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state ...`: comm may hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM to each whole process group, up to 5 s for them to end (squid
+/// takes about 1.5 s), then SIGKILL to whatever is left; reaps the group
+/// leaders (our children). Never panics.
+fn stop_groups(groups: &[libc::pid_t]) {
+    if groups.is_empty() {
+        return;
+    }
+    // SAFETY: kill and waitpid on process groups and children this process
+    // started; no memory is shared with them.
+    let alive = |group: libc::pid_t| unsafe {
+        // Reap the leader if it has ended, so that a zombie does not count.
+        libc::waitpid(group, std::ptr::null_mut(), libc::WNOHANG);
+        libc::kill(-group, 0) == 0
+    };
+    let wait = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while groups.iter().any(|&g| alive(g)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for &group in groups {
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+    }
+    wait(Duration::from_secs(5));
+    let mut killed = Vec::new();
+    for &group in groups {
+        if alive(group) {
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            killed.push(group);
+        }
+    }
+    if !killed.is_empty() {
+        eprintln!("test servers: process groups {killed:?} ignored SIGTERM for 5 s; killed");
+        wait(Duration::from_secs(2));
+    }
 }
 
 pub fn require(binary: &str) -> PathBuf {
@@ -154,9 +247,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Only `egress-test-<pid>-<name>`: a folder of another kind that
+            // happens to share the prefix is not ours to remove.
             let Some(pid) = name
                 .strip_prefix("egress-test-")
                 .and_then(|r| r.split('-').next())
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
             else {
                 continue;
             };
@@ -407,7 +503,8 @@ impl Squid {
              http_access allow open\n\
              http_access allow authed\n\
              http_access deny all\n\
-             shutdown_lifetime 1 seconds\n"
+             shutdown_lifetime 0 seconds\n\
+             debug_options ALL,1 11,2\n"
         );
         std::fs::write(dir.join("squid.conf"), conf).unwrap();
         let _ = Command::new("chown")
@@ -444,6 +541,31 @@ impl Squid {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Squid {
+    /// Request lines (`CONNECT host:port HTTP/1.1`, `GET http://... HTTP/1.1`)
+    /// of every request squid has parsed, that contain `needle`. squid writes
+    /// each to cache.log (debug section 11, level 2) when it parses it, before
+    /// it forwards or answers it: once a request has been answered, its line
+    /// is there, so an empty result after an answer proves squid never saw
+    /// it, with no waiting.
+    pub fn requests(&self, needle: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.join("cache.log")).unwrap_or_default();
+        let mut lines = text.lines();
+        let mut found = Vec::new();
+        while let Some(line) = lines.next() {
+            if line.ends_with("HTTP Client REQUEST:") {
+                // A line of dashes, then the request line.
+                if let Some(request) = lines.nth(1) {
+                    if request.contains(needle) {
+                        found.push(request.to_owned());
+                    }
+                }
+            }
+        }
+        found
     }
 }
 

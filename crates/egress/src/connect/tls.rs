@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::purpose::TlsKind;
-use crate::{ConfigError, TlsPolicy};
+use crate::{ConfigError, Source, TlsPolicy};
 
 /// The client configurations a set of settings needs.
 #[derive(Clone)]
@@ -42,14 +42,18 @@ impl TlsConfigs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut system = system_roots();
         for file in extra_cas {
-            add_pem_file(&mut system, file, "--cacert")?;
+            add_pem_file(
+                &mut system,
+                file,
+                &Source::config("extra CA file (add_ca_file)"),
+            )?;
         }
         let regular = verified_config(&provider, system.clone())?;
         let federation = match &policy.federation_custom_ca_list {
             Some(files) => {
                 let mut roots = RootCertStore::empty();
                 for file in files {
-                    add_pem_file(&mut roots, file, "federation_custom_ca_list")?;
+                    add_pem_file(&mut roots, file, policy.federation_custom_ca_list_source())?;
                 }
                 verified_config(&provider, roots)?
             }
@@ -128,14 +132,16 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
+/// Adds a PEM file's certificates; errors name the setting that listed it.
 fn add_pem_file(
     roots: &mut RootCertStore,
     file: &Path,
-    key: &'static str,
+    setting: &Source,
 ) -> Result<(), ConfigError> {
-    let invalid = |problem: String| ConfigError::Invalid {
-        key,
-        problem: format!("{}: {problem}", file.display()),
+    let invalid = |problem: String| ConfigError::BadValue {
+        source_: setting.clone(),
+        value: file.display().to_string(),
+        problem,
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
         .map_err(|e| invalid(e.to_string()))?
@@ -198,5 +204,35 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ProxyEnv, ProxySettings};
+
+    #[test]
+    fn unreadable_ca_files_name_the_callers_setting() {
+        let settings = ProxySettings::builder(&ProxyEnv::default())
+            .federation_custom_ca_list(["/nonexistent/ca.pem"], "federation.ca_files")
+            .build()
+            .unwrap();
+        let err = TlsConfigs::new(settings.tls(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config key federation.ca_files has an unusable value `/nonexistent/ca.pem`"
+            ),
+            "{err}"
+        );
+        let err = TlsConfigs::new(&TlsPolicy::default(), &["/nonexistent/extra.pem".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("add_ca_file") && err.contains("/nonexistent/extra.pem"),
+            "{err}"
+        );
     }
 }

@@ -70,7 +70,7 @@ pub(crate) async fn connect(
             Err(_) => {
                 return Err(Error::Timeout {
                     step: TimeoutStep::ProxyReply,
-                    peer: format!("proxy {proxy} (CONNECT {target})"),
+                    peer: format!("proxy {proxy} for {target}"),
                     after: reply_timeout,
                 })
             }

@@ -2,26 +2,11 @@
 
 use egress::{Error, ProxyCheck, ProxyCheckStep};
 
-/// An error with its causes, joined with `: `.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The message for an error: its causes, then what to do, if there is advice.
 pub fn message(err: &Error) -> String {
     match hint(err) {
-        Some(hint) => format!("{}\nhint: {hint}", chain(err)),
-        None => chain(err),
+        Some(hint) => format!("{}\nhint: {hint}", err.with_causes()),
+        None => err.with_causes(),
     }
 }
 

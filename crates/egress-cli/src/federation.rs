@@ -359,7 +359,7 @@ async fn run_test(
             ),
             Ok(None) => {}
             Err(e) => {
-                let e = crate::advice::chain(e);
+                let e = e.with_causes();
                 report.step("tls", format!("{host}:{port}: {e}"));
                 first_error.get_or_insert(e);
             }

@@ -201,6 +201,13 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
+    /// This error's message followed by those of its causes, joined with
+    /// `: ` — for a log line or a person, where `Display` alone (one
+    /// sentence, as the Rust convention goes) leaves the causes out.
+    pub fn with_causes(&self) -> String {
+        chain(self)
+    }
+
     /// The proxy's status code, for the errors that carry one.
     pub fn proxy_status(&self) -> Option<http::StatusCode> {
         match self {
@@ -215,7 +222,6 @@ impl Error {
 
 /// An error and its sources, joined with `: ` (for messages that embed an
 /// error, as the doctor's details and federation's per-target list do).
-#[cfg(any(feature = "doctor", feature = "federation"))]
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

@@ -310,6 +310,16 @@ async fn proxy_down_fails_within_the_connect_timeout() {
             .contains(&format!("proxy http://localhost:{port}")),
         "{err}"
     );
+    // The I/O error is the source, with its kind; with_causes() shows it.
+    let io = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("an io::Error source");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused, "{io}");
+    assert!(
+        err.with_causes().contains("refused"),
+        "{}",
+        err.with_causes()
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
@@ -483,4 +493,24 @@ fn stopping_a_test_server_stops_what_it_started() {
     stop_server(server);
     assert!(!running(pid), "the server outlived stop_server");
     assert!(!running(helper), "its helper outlived stop_server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_without_addresses_is_a_resolve_error() {
+    // The override gives the name no address: the resolver's own failure,
+    // recognised by its type (not by the text of hyper-util's message).
+    let out = Outbound::builder(settings(&[], ""))
+        .resolve("nowhere.test", &[])
+        .build()
+        .unwrap();
+    let err = get(&out, Purpose::Oidc, "http://nowhere.test/")
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Resolve { host, source } => {
+            assert_eq!(host, "nowhere.test");
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected a resolve error, got {other:?}"),
+    }
 }

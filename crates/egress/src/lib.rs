@@ -177,7 +177,9 @@
 //! * `yaml` (default): [`HomeserverYaml`], reading Synapse's homeserver.yaml;
 //! * `doctor` (default): [`check_proxy`] and certificate details;
 //! * `federation` (default): [`Federation`], with hickory for SRV and ruma
-//!   for Matrix types ([`ServerName`], [`MxcUri`], canonical JSON, signatures).
+//!   for Matrix types ([`ServerName`], [`MxcUri`], canonical JSON, signatures);
+//! * `reqwest` (off by default): [`reqwest::Routing`], configuring reqwest
+//!   0.13 clients with the same decision and blocklists (no TLS backend forced).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -200,6 +202,8 @@ mod ip_table;
 mod no_proxy;
 mod proxy_url;
 mod purpose;
+#[cfg(feature = "reqwest")]
+mod reqwest_adapter;
 mod route;
 mod settings;
 mod tls_policy;
@@ -232,3 +236,11 @@ pub use purpose::{BlocklistKind, ProxyUse, Purpose, TlsKind, UnknownPurpose};
 pub use route::{Reason, Route, Scheme};
 pub use settings::{Blocklists, ProxySettings, ProxySettingsBuilder, Source, Sourced};
 pub use tls_policy::TlsPolicy;
+
+/// The `reqwest` feature: egress's proxy rules and blocklists installed into
+/// the `reqwest::ClientBuilder`s an application already builds (see
+/// [`reqwest::Routing`]).
+#[cfg(feature = "reqwest")]
+pub mod reqwest {
+    pub use crate::reqwest_adapter::{AppResolver, Routing};
+}

@@ -85,6 +85,14 @@ impl BlocklistResolver {
                 "the name has no address",
             )));
         }
+        self.check_answer(host, &addrs)?;
+        tracing::debug!(host, ?addrs, "resolved");
+        Ok(addrs)
+    }
+
+    /// Synapse's rule on an answer for `host`: if any address is in the
+    /// blocklist, the whole answer is refused.
+    pub(crate) fn check_answer(&self, host: &str, addrs: &[SocketAddr]) -> io::Result<()> {
         if let Some(list) = &self.blocklist {
             if let Some(blocked) = addrs.iter().find_map(|a| list.check(a.ip())) {
                 return Err(io::Error::other(BlockedAnswer {
@@ -93,8 +101,7 @@ impl BlocklistResolver {
                 }));
             }
         }
-        tracing::debug!(host, ?addrs, "resolved");
-        Ok(addrs)
+        Ok(())
     }
 }
 

@@ -3,6 +3,11 @@
 
 mod support;
 
+/// The example's clients, driven here against squid.
+#[path = "../examples/homeserver_clients.rs"]
+#[allow(dead_code)]
+mod homeserver_clients;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
@@ -438,5 +443,51 @@ async fn proxy_failures_are_classified() {
         .unwrap();
     let err = response.error_for_status().unwrap_err();
     assert!(routing.classify(&err).is_none());
+    assert_no_password_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_homeserver_clients_go_through_squid() {
+    use homeserver_clients::{Clients, CLIENTS};
+    let w = world();
+    capture_logs();
+    let proxy = squid_auth();
+    let env = ProxyEnv::from_vars([("HTTPS_PROXY", proxy.as_str())]);
+    // Once from homeserver.yaml, once from the builder.
+    let yaml = "ip_range_whitelist: []\n";
+    for (round, yaml) in [Some(yaml), None].into_iter().enumerate() {
+        let settings = homeserver_clients::settings(&env, yaml).unwrap();
+        let routing = Routing::new(Arc::new(settings)).with_resolver(Arc::new(TestNames));
+        let clients = Clients::new(routing, || {
+            reqwest::Client::builder().tls_backend_preconfigured(tls())
+        })
+        .unwrap();
+        for (i, (name, purpose)) in CLIENTS.iter().enumerate() {
+            let host = test_name(10 + 10 * round + i);
+            let tag = format!("ex-{round}-{name}");
+            let url = w.https_origin.url(&host, &format!("/{tag}"));
+            let (status, body) = clients
+                .fetch(name, &url)
+                .await
+                .unwrap_or_else(|e| panic!("{tag}: {e}"));
+            assert_eq!(status, 200, "{tag}: {body}");
+            assert_eq!(w.https_origin.seen(&tag).len(), 1, "{tag}");
+            let proxied = !w
+                .squid
+                .requests(&format!("CONNECT {host}:{}", w.https_origin.port))
+                .is_empty();
+            assert_eq!(proxied, *purpose != Purpose::Appservice, "{tag}");
+        }
+        // The pusher refuses a loopback literal before sending anything.
+        let err = clients
+            .fetch("pusher", &w.https_origin.url("127.0.0.1", "/ex-literal"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("refused") && err.contains("127.0.0.0/8"),
+            "{err}"
+        );
+        assert!(w.https_origin.seen("ex-literal").is_empty());
+    }
     assert_no_password_logged();
 }

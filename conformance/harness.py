@@ -11,7 +11,11 @@ For each case:
   * egress makes it: `egress fetch` with the same environment, a homeserver.yaml
     holding the same config and lists, and --resolve for the same map;
   * the two observations are compared; rules.py holds the documented
-    differences (each citing SPEC.md).
+    differences (each citing SPEC.md);
+  * a third runner makes it through reqwest configured by
+    `egress::reqwest::Routing` (`egress fetch --engine reqwest`), compared with
+    egress's own client; rules.ADAPTER holds the adapter's documented
+    limitations (each citing the README's table). Reported separately.
 """
 
 import argparse
@@ -305,7 +309,7 @@ def deferLater(seconds):
 
 
 @defer.inlineCallbacks
-def run_egress(case, listeners, roles, egress, workdir):
+def run_egress(case, listeners, roles, egress, workdir, engine=None):
     purpose = case.get("purpose", "push")
     config = dict(case.get("config", {}))
     spellings = {"ip_range_blacklist": "ip_range_blocklist", "ip_range_whitelist": "ip_range_allowlist",
@@ -326,6 +330,8 @@ def run_egress(case, listeners, roles, egress, workdir):
         return {"route": line.get("route", "config_error" if code == 78 else "none"),
                 "first_line": None, "proxy_authorization": None, "host": None}
     args = ["fetch", "--purpose", purpose, "--config", path, "--max-time", str(TIMEOUT), "-o", os.devnull]
+    if engine:
+        args += ["--engine", engine]
     for name, addr in case.get("resolve", {}).items():
         args += ["--resolve", f"{name}:0:{addr}"]
     args.append(case["url"])
@@ -345,6 +351,7 @@ def main(args):
     listeners = Listeners()
     workdir = tempfile.mkdtemp(prefix="egress-conformance-")
     counts = {"agree": 0, "documented": 0, "disagree": 0, "refused": 0}
+    adapter_counts = {"agree": 0, "documented": 0, "disagree": 0}
     rows = []
     ids = set()
     for case in cases:
@@ -368,10 +375,20 @@ def main(args):
         ours = yield run_egress(case, listeners, roles, args.egress, workdir)
         verdict, why = rules.judge(case, synapse, ours)
         counts[verdict] += 1
-        rows.append((cid, rules.show(synapse), rules.show(ours), verdict + (f" ({why})" if why else "")))
-    widths = [max(len(str(r[i])) for r in rows + [("id", "Synapse", "egress", "verdict")]) for i in range(4)]
+        row = (cid, rules.show(synapse), rules.show(ours), verdict + (f" ({why})" if why else ""))
+        if not args.no_reqwest:
+            adapter = yield run_egress(case, listeners, roles, args.egress, workdir, engine="reqwest")
+            a_verdict, a_why = rules.judge_adapter(case, ours, adapter)
+            adapter_counts[a_verdict] += 1
+            row += (rules.show(adapter), a_verdict + (f" ({a_why})" if a_why else ""))
+        rows.append(row)
+    header = ("id", "Synapse", "egress", "verdict")
+    if not args.no_reqwest:
+        header += ("reqwest+egress", "vs egress")
+        rows = [r + ("-",) * (len(header) - len(r)) for r in rows]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     widths = [min(w, 70) for w in widths]
-    print("| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(("id", "Synapse", "egress", "verdict"))) + " |")
+    print("| " + " | ".join(h.ljust(widths[i]) for i, h in enumerate(header)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |")
@@ -380,13 +397,21 @@ def main(args):
           + (f", {counts['refused']} refused as unsafe" if counts["refused"] else ""))
     passed = counts["agree"] + counts["documented"]
     print(f"conformance: {passed} passed, {counts['disagree'] + counts['refused']} failed")
-    return 1 if counts["disagree"] or counts["refused"] else 0
+    failed = counts["disagree"] or counts["refused"]
+    if not args.no_reqwest:
+        print(f"reqwest adapter (egress::reqwest::Routing) vs egress's own client: "
+              f"{adapter_counts['agree']} agree, {adapter_counts['documented']} differ as documented "
+              f"(adapter limitations), {adapter_counts['disagree']} undocumented differences")
+        failed = failed or adapter_counts["disagree"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=os.path.join(os.path.dirname(__file__), "cases.jsonl"))
     parser.add_argument("--egress", required=True, help="path of the egress binary")
+    parser.add_argument("--no-reqwest", action="store_true",
+                        help="skip the third runner (reqwest configured by egress::reqwest::Routing)")
     args = parser.parse_args()
     status = []
 

@@ -186,3 +186,27 @@ def show(obs):
             extra = " +auth"
         return f"{obs['route']}: {obs['first_line']}{extra}"
     return obs["route"]
+
+
+# ---------------------------------------------------------------- the reqwest adapter
+
+# The adapter's documented limitations: each cites the README's table
+# ("Adopting egress in a reqwest-based homeserver", "What the adapter does and
+# does not reproduce"). The reqwest runner is held to egress's own client;
+# a difference is either one of these or a failure.
+ADAPTER = {}
+
+
+def adapter_rule(case, e, r):
+    """The ADAPTER rule that explains the difference, or None."""
+    return None
+
+
+def judge_adapter(case, e, r):
+    """('agree' | 'documented' | 'disagree', why): reqwest+egress vs egress."""
+    if same(e, r):
+        return "agree", ""
+    name = adapter_rule(case, e, r)
+    if name is not None:
+        return "documented", ADAPTER[name]
+    return "disagree", ""

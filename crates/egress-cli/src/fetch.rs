@@ -63,8 +63,22 @@ pub struct Args {
     #[arg(short, long)]
     verbose: bool,
 
+    /// Which client makes the request: egress's own, or a reqwest client
+    /// configured by `egress::reqwest::Routing` (to compare the two).
+    #[arg(long, value_enum, default_value_t = Engine::Egress)]
+    engine: Engine,
+
     /// The URL to request.
     url: String,
+}
+
+/// The client that makes the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// egress's own client.
+    Egress,
+    /// reqwest 0.13 configured by `egress::reqwest::Routing`.
+    Reqwest,
 }
 
 impl Args {
@@ -91,6 +105,18 @@ fn usage(message: String) -> Failure {
 }
 
 async fn fetch(args: Args) -> Result<u8, Failure> {
+    if args.engine == Engine::Reqwest {
+        let request = build_request(&args)?;
+        let engine = crate::fetch_reqwest::Options {
+            net: &args.net,
+            purpose: args.purpose,
+            location: args.location,
+            max_time: Duration::from_secs_f64(args.max_time.max(0.001)),
+            verbose: args.verbose,
+            output: args.output.as_deref(),
+        };
+        return crate::fetch_reqwest::fetch(engine, request).await;
+    }
     let outbound = args.net.outbound()?;
     let request = build_request(&args)?;
     let mut client = outbound.client(args.purpose);

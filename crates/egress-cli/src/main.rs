@@ -6,6 +6,7 @@ mod exit;
 mod explain;
 mod federation;
 mod fetch;
+mod fetch_reqwest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +107,15 @@ impl NetArgs {
         for file in &self.cacert {
             builder = builder.add_ca_file(file);
         }
+        for (host, ip) in self.overrides()? {
+            builder = builder.resolve(&host, &[ip]);
+        }
+        builder.build().map_err(|e| config_error(&e))
+    }
+
+    /// The --resolve entries: host name → address.
+    pub fn overrides(&self) -> Result<Vec<(String, std::net::IpAddr)>, Failure> {
+        let mut overrides = Vec::new();
         for entry in &self.resolve {
             let usage = |problem: &str| (exit::USAGE, format!("--resolve `{entry}`: {problem}"));
             let mut parts = entry.splitn(3, ':');
@@ -117,9 +127,9 @@ impl NetArgs {
             let ip = addr
                 .parse()
                 .map_err(|_| usage(&format!("`{addr}` is not an IP address")))?;
-            builder = builder.resolve(host, &[ip]);
+            overrides.push((host.to_owned(), ip));
         }
-        builder.build().map_err(|e| config_error(&e))
+        Ok(overrides)
     }
 }
 

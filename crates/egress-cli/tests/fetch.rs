@@ -215,3 +215,58 @@ fn help_documents_exit_codes() {
         assert!(help.contains(line), "{help}");
     }
 }
+
+/// `--engine reqwest`: the same request through reqwest configured by
+/// `egress::reqwest::Routing`, with the same exit codes.
+#[test]
+fn the_reqwest_engine_goes_through_squid_and_refuses_the_same() {
+    let w = world();
+    let proxy = squid_auth_url();
+    let env = [("HTTPS_PROXY", proxy.as_str()), ("RUST_LOG", "trace")];
+    let url = w.https_origin.url("localhost", "/cli-reqwest");
+    let out = fetch(&env, &["--engine", "reqwest", &url]);
+    assert_clean(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "origin https /cli-reqwest");
+    assert_eq!(w.https_origin.seen("/cli-reqwest").len(), 1);
+    // A loopback literal for URL previews: refused before connecting (40).
+    let literal = w.https_origin.url("127.0.0.1", "/cli-reqwest-literal");
+    let out = fetch(
+        &env,
+        &["--engine", "reqwest", "--purpose", "url_preview", &literal],
+    );
+    assert_eq!(out.status.code(), Some(40), "{}", text(&out.stderr));
+    // A name resolving to loopback, direct (no_proxy): refused by the resolver.
+    let env_direct = [("HTTPS_PROXY", proxy.as_str()), ("NO_PROXY", "t30.test")];
+    let named = w.https_origin.url("t30.test", "/cli-reqwest-named");
+    let out = fetch(
+        &env_direct,
+        &[
+            "--engine",
+            "reqwest",
+            "--purpose",
+            "url_preview",
+            "--resolve",
+            "t30.test:0:127.0.0.1",
+            &named,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(40), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("t30.test"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(w.https_origin.seen("cli-reqwest-").is_empty());
+    // A wrong password: squid's 407, classified (41).
+    let wrong = format!(
+        "http://{USER}:{WRONG_PASSWORD}@localhost:{}",
+        w.squid.auth_port
+    );
+    let out = fetch(
+        &[("HTTPS_PROXY", wrong.as_str())],
+        &["--engine", "reqwest", &url],
+    );
+    assert_clean(&out);
+    assert_eq!(out.status.code(), Some(41), "{}", text(&out.stderr));
+}

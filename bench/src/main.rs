@@ -2,7 +2,7 @@
 //! and reqwest against the same squid and nginx that `bench/run` starts.
 //!
 //! ```text
-//! egress-bench client --impl egress|reqwest --scenario N --concurrency C --requests R
+//! egress-bench client --impl egress|reqwest|reqwest+egress --scenario N --concurrency C --requests R
 //!                     [--proxy URL] --url URL --ca FILE [--max-seconds S]
 //! egress-bench idle   --impl egress|reqwest --proxy URL --url-base https://localhost
 //!                     --first-port P --origins 100 --per-origin 100 --ca FILE
@@ -53,7 +53,7 @@ fn main() {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("egress-bench: {problem}\nusage: egress-bench client|idle --impl egress|reqwest ... (see bench/src/main.rs)");
+    eprintln!("egress-bench: {problem}\nusage: egress-bench client|idle --impl egress|reqwest|reqwest+egress ... (see bench/src/main.rs)");
     std::process::exit(2);
 }
 
@@ -142,7 +142,21 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One of the two Rust clients, behind one call.
+/// egress's settings for the bench: the proxy as `https_proxy` and
+/// `http_proxy`, loopback allowed (it is in the default blocklist of direct
+/// routes).
+fn egress_settings(proxy: Option<&str>) -> Result<egress::ProxySettings, BoxError> {
+    let vars: Vec<(&str, &str)> = match proxy {
+        Some(p) => vec![("https_proxy", p), ("http_proxy", p)],
+        None => vec![],
+    };
+    let env = egress::ProxyEnv::from_vars(vars);
+    let yaml = egress::HomeserverYaml::parse("ip_range_whitelist: ['127.0.0.0/8', '::1/128']\n")?;
+    Ok(egress::ProxySettings::new(&env, Some(&yaml))?)
+}
+
+/// One of the Rust clients (egress, reqwest, reqwest configured by
+/// `egress::reqwest::Routing`), behind one call.
 #[derive(Clone)]
 enum Impl {
     Egress(egress::Client, egress::Outbound),
@@ -156,16 +170,7 @@ impl Impl {
         }
         match name {
             "egress" => {
-                let vars: Vec<(&str, &str)> = match proxy {
-                    Some(p) => vec![("https_proxy", p), ("http_proxy", p)],
-                    None => vec![],
-                };
-                let env = egress::ProxyEnv::from_vars(vars);
-                // Loopback is in the default blocklist of direct routes.
-                let yaml = egress::HomeserverYaml::parse(
-                    "ip_range_whitelist: ['127.0.0.0/8', '::1/128']\n",
-                )?;
-                let settings = egress::ProxySettings::new(&env, Some(&yaml))?;
+                let settings = egress_settings(proxy)?;
                 let outbound = egress::Outbound::builder(settings)
                     .add_ca_file(ca)
                     .max_idle_per_key(max_idle)
@@ -175,7 +180,7 @@ impl Impl {
                     outbound,
                 ))
             }
-            "reqwest" => {
+            "reqwest" | "reqwest+egress" => {
                 let pem = std::fs::read(ca)?;
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -191,10 +196,16 @@ impl Impl {
                 let mut builder = reqwest::Client::builder()
                     .tls_backend_preconfigured(tls)
                     .http1_only()
-                    .pool_max_idle_per_host(max_idle)
-                    .no_proxy();
-                if let Some(p) = proxy {
-                    builder = builder.proxy(reqwest::Proxy::all(p)?);
+                    .pool_max_idle_per_host(max_idle);
+                if name == "reqwest+egress" {
+                    // The same proxy settings as egress's, through the adapter.
+                    let routing = egress::reqwest::Routing::new(Arc::new(egress_settings(proxy)?));
+                    builder = routing.configure(egress::Purpose::Push, builder);
+                } else {
+                    builder = builder.no_proxy();
+                    if let Some(p) = proxy {
+                        builder = builder.proxy(reqwest::Proxy::all(p)?);
+                    }
                 }
                 Ok(Impl::Reqwest(builder.build()?))
             }

@@ -136,18 +136,40 @@ impl Routing {
     /// An IP-literal URL host is never resolved: send it through
     /// [`Routing::check`] first.
     pub fn configure(&self, purpose: Purpose, builder: ClientBuilder) -> ClientBuilder {
-        builder
-            .no_proxy()
-            .proxy(self.proxy(purpose))
+        self.install_proxies(purpose, builder.no_proxy())
             .dns_resolver(self.resolver(purpose))
             .redirect(self.redirect_policy(purpose, MAX_REDIRECTS))
             .connect_timeout(self.connect_timeout(purpose))
     }
 
-    /// The [`Proxy::custom`] that [`Routing::configure`] installs.
-    pub fn proxy(&self, purpose: Purpose) -> Proxy {
-        let inner = self.inner.clone();
-        Proxy::custom(move |url: &Url| inner.proxy_for(purpose, url))
+    /// The proxies for `purpose`. With `no_proxy` entries the decision
+    /// depends on the host: a [`Proxy::custom`] asks it for every request.
+    /// Without any, it depends on the scheme only (an IP literal in the
+    /// blocklist aside, which [`Routing::check`] refuses): the decision is
+    /// asked once per scheme, and reqwest's fixed proxies apply it, without
+    /// the cost `Proxy::custom` has on every `http://` request.
+    fn install_proxies(&self, purpose: Purpose, mut builder: ClientBuilder) -> ClientBuilder {
+        if !self.inner.settings.no_proxy().value.is_empty() {
+            let inner = self.inner.clone();
+            return builder.proxy(Proxy::custom(move |url: &Url| {
+                inner.proxy_for(purpose, url)
+            }));
+        }
+        for (scheme, url) in [
+            (Scheme::Http, "http://egress.invalid/"),
+            (Scheme::Https, "https://egress.invalid/"),
+        ] {
+            let proxy = self
+                .inner
+                .proxy_for(purpose, &Url::parse(url).expect("valid"));
+            let proxy = match (scheme, proxy) {
+                (_, None) => continue,
+                (Scheme::Http, Some(proxy)) => Proxy::http(proxy),
+                (Scheme::Https, Some(proxy)) => Proxy::https(proxy),
+            };
+            builder = builder.proxy(proxy.expect("a proxy URL reqwest parsed once"));
+        }
+        builder
     }
 
     /// The blocklisting resolver that [`Routing::configure`] installs.

@@ -91,10 +91,18 @@ impl Clients {
     }
 
     fn describe(&self, err: &reqwest::Error) -> String {
-        match self.routing.classify(err) {
-            Some(egress_error) => egress_error.with_causes(),
-            None => format!("{err}"),
+        if let Some(egress_error) = self.routing.classify(err) {
+            return egress_error.with_causes();
         }
+        // Any other reqwest error, with its causes.
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 }
 

@@ -117,11 +117,13 @@ impl Routing {
     /// Configures `builder` for `purpose`:
     ///
     /// * reqwest's own proxy handling (its environment variables, system
-    ///   proxy) is cleared, and a [`Proxy::custom`] asks [`Route::for_target`]
-    ///   for every request and redirect hop: `http_proxy` / `https_proxy`,
-    ///   `no_proxy` names, IPs, CIDR ranges and ports, never-proxied
-    ///   purposes, `https_proxy` only for federation and key fetching, the
-    ///   proxy's credentials;
+    ///   proxy) is cleared, and the proxies [`Route::for_target`] chooses are
+    ///   installed (`http_proxy` / `https_proxy`, `no_proxy` names, IPs, CIDR
+    ///   ranges and ports, never-proxied purposes, `https_proxy` only for
+    ///   federation and key fetching, the proxy's credentials): with
+    ///   `no_proxy` entries, a [`Proxy::custom`] asks the decision for every
+    ///   request and redirect hop; without, the decision is asked once per
+    ///   scheme;
     /// * a DNS resolver refuses a whole name when one of its addresses is in
     ///   the purpose's blocklist (allowlist holes honoured), wrapping the
     ///   resolver given to [`Routing::with_resolver`]; the proxies' own host

@@ -299,6 +299,16 @@ def reference(case, decision, obs):
         adjusted["proxy_authorization"] = obs.get("proxy_authorization")
         applied = [a for a in applied if not a.startswith("SPEC §2")]
     elif adjusted.get("route") == "proxy":
+        line = adjusted.get("first_line") or ""
+        method, _, rest = line.partition(" ")
+        uri, _, version = rest.rpartition(" ")
+        if "://" in uri and "/" not in uri.split("://", 1)[1]:
+            # SPEC gap (README "Differences from Synapse"): an absolute-form target
+            # with an empty path. Synapse sends `GET http://host HTTP/1.1`; SPEC §4's
+            # form `GET http://host/path` with the path normalized to `/` (RFC 9112 §3.2.2,
+            # RFC 3986 §6.2.3), as egress sends it.
+            adjusted["first_line"] = f"{method} {uri}/ {version}"
+            applied.append("absolute-form path `/` (SPEC gap, README differences)")
         wanted = rules.spec_basic(decision["proxy_value"])
         if adjusted.get("proxy_authorization") != wanted:
             adjusted["proxy_authorization"] = wanted

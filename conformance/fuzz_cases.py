@@ -119,6 +119,12 @@ def case(r, i, seed):
     purpose = r.choice(PURPOSES)
     c = {"id": f"fuzz-{seed}-{i}", "url": target(r, purpose), "resolve": RESOLVE}
     env = env_for(r)
+    if r.random() < 0.4:
+        # Half the time a proxy for the target's scheme and a no_proxy list, so
+        # that no_proxy forms are exercised where they decide the route.
+        scheme = c["url"].split("://", 1)[0]
+        env[r.choice([f"{scheme}_proxy", f"{scheme.upper()}_PROXY"])] = proxy_url(r)
+        env[r.choice(["no_proxy", "NO_PROXY"])] = no_proxy_value(r)
     if env:
         c["env"] = env
     config = config_for(r)

@@ -285,7 +285,7 @@ def run_synapse(case, listeners, roles, forced=None):
     reactor.installNameResolver(CaseResolver({k.lower(): v for k, v in case.get("resolve", {}).items()}))
     try:
         yaml = egress_yaml(case) if forced is None else judge.spec_yaml(egress_yaml(case))
-        agent = synapse_purposes.build(purpose, yaml, config, reactor, TIMEOUT)
+        agent = synapse_purposes.build(purpose, yaml, config, reactor, TIMEOUT, spec=forced is not None)
     except ValueError:
         return {"route": "config_error", "first_line": None, "proxy_authorization": None, "host": None}
     kind = "none"
@@ -372,7 +372,7 @@ def main(args):
         synapse = yield run_synapse(case, listeners, roles)
         ours = yield run_egress(case, listeners, roles, args.egress, workdir)
         # Issue 12: SPEC's answer, observed with Synapse's client told SPEC's route.
-        decision = judge.decide(case)
+        decision = judge.decide(case, egress_yaml(case))
         forced = synapse
         if decision["route"] != "config_error" and case.get("purpose", "push") != "redis":
             forced = yield run_synapse(case, listeners, roles, forced=decision)

@@ -237,7 +237,23 @@ def spec_yaml(yaml):
 # ---------------------------------------------------------------- the decision
 
 
-def decide(case):
+def literal_allowlisted(case, yaml):
+    """SPEC gap (README differences): Synapse's federation client checks IP-literal
+    server names against the federation blocklist without the allowlist
+    (matrixfederationclient.py: BlocklistingAgentWrapper(ip_blocklist=...)); SPEC §7
+    says the allowlist punches holes. True when that decides the case."""
+    import synapse_purposes  # noqa: PLC0415
+
+    if case.get("purpose", "push") not in HTTPS_ONLY:
+        return False
+    host = rules.host_port(urlsplit(case["url"]).netloc, 443)[0].strip("[]")
+    if _addr(host) is None:
+        return False
+    block, allow, _ = synapse_purposes.ip_sets(case["purpose"], spec_yaml(yaml))
+    return bool(block and allow and host in block and host in allow)
+
+
+def decide(case, yaml=None):
     """What SPEC asks: {"route": "config_error"} or {"route": "proxy"|"direct",
     "proxy": (scheme, host, port) | None, "proxy_value": str | None}, with
     "fired": the names of the SPEC rules (rules.NAMED) where SPEC differs from
@@ -246,6 +262,8 @@ def decide(case):
     fired = []
     if any(key in case.get("config", {}) for key in NEW_SPELLINGS):
         fired.append("blocklist-spelling")
+    if yaml is not None and literal_allowlisted(case, yaml):
+        fired.append("federation-literal-allowlist")
     try:
         http, https, no, _ = settings(case, fired)
         parsed = {}

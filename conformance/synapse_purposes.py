@@ -103,14 +103,18 @@ def proxy_config_for(purpose, config):
     return config
 
 
-def build(purpose, yaml, config, reactor, timeout):
+def build(purpose, yaml, config, reactor, timeout, spec=False):
     """The purpose's agent: ProxyAgent with the purpose's proxy settings and
     lists, wrapped as Synapse wraps it. Raises ValueError for a proxy URL
-    Synapse's ProxyAgent cannot use."""
+    Synapse's ProxyAgent cannot use. With `spec` (the judge's reference run),
+    the IP-literal check has the allowlist for every purpose (SPEC §7: the
+    allowlist punches holes; README differences: federation IP literals)."""
     from synapse.http.client import BlocklistingAgentWrapper, BlocklistingReactorWrapper
     from synapse.http.proxyagent import ProxyAgent
 
     block, allow, literal_allow = ip_sets(purpose, yaml)
+    if spec:
+        literal_allow = allow
     direct = reactor
     if block:
         direct = BlocklistingReactorWrapper(reactor, allow, block)

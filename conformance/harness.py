@@ -33,7 +33,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+import judge  # issue 12: the SPEC-derived verdict
 import rules
+import synapse_purposes  # issue 12: each purpose as Synapse builds its client
 
 PURPOSES = {
     "push", "url_preview", "phone_home", "recaptcha", "cas", "oidc", "federation",
@@ -220,6 +222,19 @@ def lists_yaml(case):
     }
 
 
+def egress_yaml(case):
+    """The homeserver.yaml both sides read: the case's config, and its lists
+    under every list key the config does not set in either spelling."""
+    config = dict(case.get("config", {}))
+    spellings = {"ip_range_blacklist": "ip_range_blocklist", "ip_range_whitelist": "ip_range_allowlist",
+                 "url_preview_ip_range_blacklist": "url_preview_ip_range_blocklist",
+                 "url_preview_ip_range_whitelist": "url_preview_ip_range_allowlist"}
+    for key, value in lists_yaml(case).items():
+        if key not in config and spellings[key] not in config:
+            config[key] = value
+    return config
+
+
 # ---------------------------------------------------------------- the two clients
 
 
@@ -239,48 +254,44 @@ def observation(seen, roles, kind):
 
 
 @defer.inlineCallbacks
-def run_synapse(case, listeners, roles):
+def run_synapse(case, listeners, roles, forced=None):
     from synapse.config._base import ConfigError
-    from synapse.config.server import generate_ip_set, parse_proxy_config
-    from synapse.http.client import BlocklistingAgentWrapper, BlocklistingReactorWrapper
-    from synapse.http.proxyagent import ProxyAgent
-    from synapse.types import ISynapseReactor  # noqa: F401 (import check)
+    from synapse.config.server import parse_proxy_config
 
     purpose = case.get("purpose", "push")
     if purpose == "redis":
         # Synapse talks to Redis with its own protocol client: no HTTP request to compare.
         return {"route": "n/a", "first_line": None, "proxy_authorization": None, "host": None}
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update({"PATH": saved.get("PATH", "")})
-    os.environ.update(case.get("env", {}))
-    try:
-        config = parse_proxy_config(case.get("config", {}))
-    except (ConfigError, ValueError):
-        return {"route": "config_error", "first_line": None, "proxy_authorization": None, "host": None}
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    # How Synapse's clients use the agent for each purpose.
-    if purpose in ("federation", "key_fetch"):
-        config = type(config)(http_proxy=None, https_proxy=config.https_proxy, no_proxy_hosts=config.no_proxy_hosts)
-    elif purpose == "replication":
+    # Issue 12: with `forced` (judge.decide's answer) the proxy settings are the
+    # route SPEC decided; the purpose's client is otherwise Synapse's own
+    # (synapse_purposes.py), with the same homeserver.yaml lists egress reads.
+    if forced is not None:
+        from synapse.config.server import ProxyConfig
+
         config = None
+        if forced["route"] == "proxy":
+            url = judge.forced_proxy_url(forced)
+            https = urlsplit(case["url"]).scheme == "https"
+            config = ProxyConfig(http_proxy=None if https else url, https_proxy=url if https else None,
+                                 no_proxy_hosts=None)
+    else:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update({"PATH": saved.get("PATH", "")})
+        os.environ.update(case.get("env", {}))
+        try:
+            config = parse_proxy_config(case.get("config", {}))
+        except (ConfigError, ValueError):
+            return {"route": "config_error", "first_line": None, "proxy_authorization": None, "host": None}
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     reactor.installNameResolver(CaseResolver({k.lower(): v for k, v in case.get("resolve", {}).items()}))
-    direct = reactor
-    block = case.get("blocklist")
-    allow = case.get("allowlist")
-    if block:
-        # As Synapse's config does: IPv6 forms of IPv4 ranges, and 0.0.0.0 and :: always.
-        block = generate_ip_set(block, ["0.0.0.0", "::"])
-        allow = generate_ip_set(allow or [])
-        direct = BlocklistingReactorWrapper(reactor, allow, block)
     try:
-        agent = ProxyAgent(reactor=direct, proxy_reactor=reactor, proxy_config=config, connectTimeout=TIMEOUT)
+        yaml = egress_yaml(case) if forced is None else judge.spec_yaml(egress_yaml(case))
+        agent = synapse_purposes.build(purpose, yaml, config, reactor, TIMEOUT, spec=forced is not None)
     except ValueError:
         return {"route": "config_error", "first_line": None, "proxy_authorization": None, "host": None}
-    if block:
-        agent = BlocklistingAgentWrapper(agent, ip_blocklist=block, ip_allowlist=allow)
     kind = "none"
     try:
         d = agent.request(b"GET", case["url"].encode(), Headers({}))
@@ -311,13 +322,7 @@ def deferLater(seconds):
 @defer.inlineCallbacks
 def run_egress(case, listeners, roles, egress, workdir, engine=None):
     purpose = case.get("purpose", "push")
-    config = dict(case.get("config", {}))
-    spellings = {"ip_range_blacklist": "ip_range_blocklist", "ip_range_whitelist": "ip_range_allowlist",
-                 "url_preview_ip_range_blacklist": "url_preview_ip_range_blocklist",
-                 "url_preview_ip_range_whitelist": "url_preview_ip_range_allowlist"}
-    for key, value in lists_yaml(case).items():
-        if key not in config and spellings[key] not in config:
-            config[key] = value
+    config = egress_yaml(case)
     path = os.path.join(workdir, "homeserver.yaml")
     with open(path, "w") as f:
         json.dump(config, f)  # JSON is YAML
@@ -373,7 +378,13 @@ def main(args):
         listeners.take()
         synapse = yield run_synapse(case, listeners, roles)
         ours = yield run_egress(case, listeners, roles, args.egress, workdir)
-        verdict, why = rules.judge(case, synapse, ours)
+        # Issue 12: SPEC's answer, observed with Synapse's client told SPEC's route.
+        decision = judge.decide(case, egress_yaml(case))
+        forced = synapse
+        if decision["route"] != "config_error" and case.get("purpose", "push") != "redis":
+            forced = yield run_synapse(case, listeners, roles, forced=decision)
+        ref, applied = judge.reference(case, decision, forced)
+        verdict, why = judge.judge(case, synapse, ours, ref, decision, applied)
         counts[verdict] += 1
         row = (cid, rules.show(synapse), rules.show(ours), verdict + (f" ({why})" if why else ""))
         if not args.no_reqwest:

@@ -26,6 +26,8 @@ NAMED = {
     "redis-not-http": "SPEC §5: redis is not HTTP and always direct",
     "blocklist-spelling": "README differences: *_blocklist / *_allowlist spellings are read",
     "https-proxy-only": "SPEC §6: federation uses https_proxy only",
+    # Issue 12 (found by conformance/fuzz): SPEC gap, README "Differences from Synapse".
+    "federation-literal-allowlist": "SPEC §7 / README differences: the allowlist also exempts IP-literal federation names",
 }
 
 

@@ -10,6 +10,8 @@ A case with `expect` and no `differs` must satisfy `expect` and agree with Synap
 """
 
 import base64
+import ipaddress
+import re
 from urllib.parse import unquote, urlsplit
 
 # Named rules a case can choose.
@@ -196,11 +198,50 @@ def show(obs):
 # ("Adopting egress in a reqwest-based homeserver", "What the adapter does and
 # does not reproduce"). The reqwest runner is held to egress's own client;
 # a difference is either one of these or a failure.
-ADAPTER = {}
+ADAPTER = {
+    "url-normalised": "reqwest parses every URL with the url crate, which lower-cases the host "
+    "and writes an IPv6 address in its shortest form; the request line, CONNECT and Host carry "
+    "that form (the same destination; README, adopting egress in a reqwest-based homeserver)",
+}
+
+
+def _host_normal(authority):
+    """An authority (host[:port]) lower-cased, with any bracketed IPv6 address compressed."""
+    if authority is None:
+        return None
+
+    def v6(match):
+        try:
+            return "[" + str(ipaddress.IPv6Address(match.group(1))) + "]"
+        except ValueError:
+            return match.group(0)
+
+    return re.sub(r"\[([0-9A-Fa-f:.]+)\]", v6, authority).lower()
+
+
+def _line_normal(line):
+    """A request line with only its authority normalised (paths keep their case)."""
+    if not line:
+        return line
+    parts = line.split(" ")
+    if len(parts) != 3:
+        return line
+    method, target, version = parts
+    if method == "CONNECT":
+        target = _host_normal(target)
+    else:
+        m = re.match(r"^(https?://)([^/?#]*)(.*)$", target, re.I)
+        if m:
+            target = m.group(1).lower() + _host_normal(m.group(2)) + m.group(3)
+    return " ".join((method, target, version))
 
 
 def adapter_rule(case, e, r):
     """The ADAPTER rule that explains the difference, or None."""
+    normal_e = dict(e, first_line=_line_normal(e.get("first_line")), host=_host_normal(e.get("host")))
+    normal_r = dict(r, first_line=_line_normal(r.get("first_line")), host=_host_normal(r.get("host")))
+    if same(normal_e, normal_r):
+        return "url-normalised"
     return None
 
 

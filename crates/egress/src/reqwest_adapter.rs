@@ -14,7 +14,7 @@ use ::reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use ::reqwest::redirect::{Attempt, Policy};
 use ::reqwest::{ClientBuilder, Proxy, Url};
 
-use crate::connect::resolve::{BlockedAnswer, BlocklistResolver, Unresolved};
+use crate::connect::resolve::{self, BlocklistResolver};
 use crate::route::Scheme;
 use crate::{Error, Host, ProxySettings, ProxyUrl, Purpose, Route, Timeouts, MAX_REDIRECTS};
 
@@ -252,38 +252,22 @@ impl Routing {
                 })
                 .unwrap_or_default()
         };
+        if let Some(verdict) = resolve::resolver_verdict(err) {
+            return Some(verdict);
+        }
+        for cause in resolve::causes(err) {
+            if let Some(refused) = cause.downcast_ref::<RefusedHop>() {
+                return Some(Error::Refused {
+                    url: refused.url.clone(),
+                    reason: refused.reason.clone(),
+                });
+            }
+            if let Some(limit) = cause.downcast_ref::<RedirectLimit>() {
+                return Some(Error::TooManyRedirects(limit.0));
+            }
+        }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(current) = cause {
-            let io = current.downcast_ref::<std::io::Error>();
-            let inner = io
-                .and_then(|io| io.get_ref())
-                .map(|e| e as &(dyn std::error::Error + 'static));
-            for candidate in [Some(current), inner].into_iter().flatten() {
-                if let Some(blocked) = candidate.downcast_ref::<BlockedAnswer>() {
-                    return Some(Error::Blocked {
-                        host: blocked.host.clone(),
-                        blocked: blocked.blocked.clone(),
-                    });
-                }
-                if let Some(unresolved) = candidate.downcast_ref::<Unresolved>() {
-                    return Some(Error::Resolve {
-                        host: unresolved.host.clone(),
-                        source: std::io::Error::new(
-                            unresolved.source.kind(),
-                            unresolved.source.to_string(),
-                        ),
-                    });
-                }
-                if let Some(refused) = candidate.downcast_ref::<RefusedHop>() {
-                    return Some(Error::Refused {
-                        url: refused.url.clone(),
-                        reason: refused.reason.clone(),
-                    });
-                }
-                if let Some(limit) = candidate.downcast_ref::<RedirectLimit>() {
-                    return Some(Error::TooManyRedirects(limit.0));
-                }
-            }
             // hyper-util's tunnel error is not exported: known by its Debug form.
             let debug = format!("{current:?}");
             let problem = match debug.as_str() {

@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tower_service::Service;
 
-use self::resolve::{BlockedAnswer, BlocklistResolver, Overrides, Unresolved};
+use self::resolve::{BlocklistResolver, Overrides};
 use self::stream::{ConnectedStream, Stream};
 use self::tls::TlsConfigs;
 use crate::proxy_url::unbracket;
@@ -416,50 +416,27 @@ pub(crate) async fn tcp_connect(
         Err(_) => return Err(timeout()),
     };
     // Sort by the types in the error's chain: our resolver's refusal and
-    // failure, and the I/O error of the attempt.
-    // An io::Error's `source()` skips the error it wraps: look inside too.
-    let mut last_io: Option<&std::io::Error> = None;
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&err);
-    while let Some(current) = cause {
-        let io = current.downcast_ref::<std::io::Error>();
-        let inner = io
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &(dyn std::error::Error + 'static));
-        for candidate in [Some(current), inner].into_iter().flatten() {
-            if let Some(blocked) = candidate.downcast_ref::<BlockedAnswer>() {
-                return Err(Error::Blocked {
-                    host: blocked.host.clone(),
-                    blocked: blocked.blocked.clone(),
-                });
-            }
-            if let Some(unresolved) = candidate.downcast_ref::<Unresolved>() {
-                return Err(Error::Resolve {
-                    host: host.to_owned(),
-                    source: copy_io_error(&unresolved.source),
-                });
-            }
-        }
-        if let Some(io) = io {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return Err(timeout());
-            }
-            last_io = Some(io);
-        }
-        cause = current.source();
+    // failure, then the I/O error of the attempt.
+    if let Some(verdict) = resolve::resolver_verdict(&err) {
+        return Err(verdict);
+    }
+    let ios: Vec<&std::io::Error> = resolve::causes(&err)
+        .into_iter()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .collect();
+    if ios
+        .iter()
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    {
+        return Err(timeout());
     }
     Err(Error::Connect {
         target: describe(),
-        source: last_io.map_or_else(|| std::io::Error::other(err.to_string()), copy_io_error),
+        source: ios.last().map_or_else(
+            || std::io::Error::other(err.to_string()),
+            |io| resolve::copy_io_error(io),
+        ),
     })
-}
-
-/// An owned copy of an I/O error found by reference in a chain: the OS
-/// error code when there is one, else its kind and text.
-fn copy_io_error(io: &std::io::Error) -> std::io::Error {
-    match io.raw_os_error() {
-        Some(code) => std::io::Error::from_raw_os_error(code),
-        None => std::io::Error::new(io.kind(), io.to_string()),
-    }
 }
 
 /// A TLS handshake over `stream`, verifying `name` (a DNS name or IP address).

@@ -119,3 +119,52 @@ impl Service<Name> for BlocklistResolver {
         Box::pin(async move { this.resolve(name.as_str()).await.map(Vec::into_iter) })
     }
 }
+
+/// Every error in `err`'s chain, `err` first, with the error each
+/// `io::Error` wraps right after it (an `io::Error`'s `source()` skips it).
+/// For the error paths only.
+pub(crate) fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut all = Vec::new();
+    let mut cause = Some(err);
+    while let Some(current) = cause {
+        all.push(current);
+        if let Some(inner) = current
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            all.push(inner as &(dyn std::error::Error + 'static));
+        }
+        cause = current.source();
+    }
+    all
+}
+
+/// The resolver's refusal ([`crate::Error::Blocked`]) or failure
+/// ([`crate::Error::Resolve`]), when `err`'s chain holds one, found by type.
+pub(crate) fn resolver_verdict(err: &(dyn std::error::Error + 'static)) -> Option<crate::Error> {
+    causes(err).into_iter().find_map(|cause| {
+        if let Some(blocked) = cause.downcast_ref::<BlockedAnswer>() {
+            return Some(crate::Error::Blocked {
+                host: blocked.host.clone(),
+                blocked: blocked.blocked.clone(),
+            });
+        }
+        cause
+            .downcast_ref::<Unresolved>()
+            .map(|unresolved| crate::Error::Resolve {
+                host: unresolved.host.clone(),
+                source: copy_io_error(&unresolved.source),
+            })
+    })
+}
+
+/// An owned copy of an I/O error found by reference in a chain: the OS
+/// error code when there is one, else its kind and text.
+pub(crate) fn copy_io_error(io: &io::Error) -> io::Error {
+    match io.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(io.kind(), io.to_string()),
+    }
+}

@@ -391,4 +391,17 @@ fn debug_output_never_shows_passwords() {
     let route = Route::decide(&s, Purpose::Push, &uri);
     let text = format!("{route:?} {route}");
     assert!(!text.contains("bpw"), "{text}");
+    // The clients and their builder show the settings, masked.
+    let builder = egress::Outbound::builder(s.clone());
+    let text = format!("{builder:?}");
+    assert!(
+        text.contains("***") && !text.contains("apw") && !text.contains("bpw"),
+        "{text}"
+    );
+    let outbound = builder.build().unwrap();
+    let text = format!("{outbound:?} {:?}", outbound.client(Purpose::Push));
+    assert!(
+        text.contains("***") && !text.contains("apw") && !text.contains("bpw"),
+        "{text}"
+    );
 }

@@ -100,6 +100,16 @@ fn squid_auth() -> String {
     )
 }
 
+/// Routing with `HTTP_PROXY` and `HTTPS_PROXY` both set to squid with basic auth.
+fn routing_through_squid() -> Routing {
+    let proxy = squid_auth();
+    let env = [
+        ("HTTP_PROXY", proxy.as_str()),
+        ("HTTPS_PROXY", proxy.as_str()),
+    ];
+    Routing::new(settings(&env, ""))
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> Result<(u16, String), reqwest::Error> {
     let response = client.get(url).send().await?;
     let status = response.status().as_u16();
@@ -109,12 +119,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Result<(u16, String), reqwe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_goes_through_the_proxy_with_credentials_that_stay_there() {
     let w = world();
-    let proxy = squid_auth();
-    let env = [
-        ("HTTP_PROXY", proxy.as_str()),
-        ("HTTPS_PROXY", proxy.as_str()),
-    ];
-    let routing = Routing::new(settings(&env, ""));
+    let routing = routing_through_squid();
     let push = client(&routing, Purpose::Push);
     for origin in [&w.https_origin, &w.http_origin] {
         let tag = format!("rq-push-{}", origin.https);
@@ -196,12 +201,7 @@ async fn url_preview_refuses_a_name_resolving_to_loopback_unless_allowlisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ip_literal_in_the_blocklist_is_refused_by_check() {
     let w = world();
-    let proxy = squid_auth();
-    let env = [
-        ("HTTP_PROXY", proxy.as_str()),
-        ("HTTPS_PROXY", proxy.as_str()),
-    ];
-    let routing = Routing::new(settings(&env, ""));
+    let routing = routing_through_squid();
     let url = w.http_origin.url("127.0.0.1", "/rq-literal");
     let err = routing
         .check(Purpose::UrlPreview, &url.parse().unwrap())
@@ -233,12 +233,7 @@ async fn an_ip_literal_in_the_blocklist_is_refused_by_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_to_a_blocked_literal_is_refused() {
     let w = world();
-    let proxy = squid_auth();
-    let env = [
-        ("HTTP_PROXY", proxy.as_str()),
-        ("HTTPS_PROXY", proxy.as_str()),
-    ];
-    let routing = Routing::new(settings(&env, ""));
+    let routing = routing_through_squid();
     let preview = client(&routing, Purpose::UrlPreview);
     let blocked = w.http_origin.url("127.0.0.1", "/rq-redirect-target");
     // An allowed origin (a name, through the proxy) redirects to the literal.
@@ -292,12 +287,7 @@ async fn a_redirect_to_a_blocked_literal_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appservices_are_never_proxied() {
     let w = world();
-    let proxy = squid_auth();
-    let env = [
-        ("HTTP_PROXY", proxy.as_str()),
-        ("HTTPS_PROXY", proxy.as_str()),
-    ];
-    let routing = Routing::new(settings(&env, ""));
+    let routing = routing_through_squid();
     let appservice = client(&routing, Purpose::Appservice);
     for origin in [&w.http_origin, &w.https_origin] {
         let tag = format!("rq-appservice-{}", origin.https);

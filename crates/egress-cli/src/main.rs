@@ -7,6 +7,7 @@ mod explain;
 mod federation;
 mod fetch;
 mod fetch_reqwest;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,7 @@ enum Command {
     Fetch(fetch::Args),
     Doctor(doctor::Args),
     Federation(federation::Args),
+    Serve(serve::Args),
 }
 
 /// Options shared by the commands that read the settings.
@@ -140,6 +142,8 @@ fn main() -> ExitCode {
     let verbose = matches!(&cli.command, Command::Fetch(args) if args.verbose());
     let default = if verbose {
         "warn,egress::wire=info"
+    } else if matches!(&cli.command, Command::Serve(_)) {
+        "warn,egress::serve=info"
     } else {
         "warn"
     };
@@ -156,10 +160,13 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    if let Command::Explain(args) = cli.command {
+    let command = match cli.command {
         // Pure: no runtime needed.
-        return explain::run(args);
-    }
+        Command::Explain(args) => return explain::run(args),
+        // Its own multi-threaded runtime.
+        Command::Serve(args) => return serve::main(args),
+        other => other,
+    };
     // One runtime for the whole command.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,8 +179,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match cli.command {
-            Command::Explain(_) => unreachable!("handled above"),
+        match command {
+            Command::Explain(_) | Command::Serve(_) => unreachable!("handled above"),
             Command::Fetch(args) => fetch::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
             Command::Federation(args) => federation::run(args).await,

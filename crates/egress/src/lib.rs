@@ -205,6 +205,8 @@ mod purpose;
 #[cfg(feature = "reqwest")]
 mod reqwest_adapter;
 mod route;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod settings;
 mod tls_policy;
 

@@ -228,7 +228,11 @@ impl Connector {
     }
 
     /// TCP (and TLS for an `https://` proxy) to the proxy.
-    async fn proxy_stream(&self, proxy: &ProxyUrl, limit: Duration) -> Result<Stream, Error> {
+    pub(crate) async fn proxy_stream(
+        &self,
+        proxy: &ProxyUrl,
+        limit: Duration,
+    ) -> Result<Stream, Error> {
         let stream = self.proxy_tcp(proxy).await?;
         match proxy.scheme() {
             ProxyScheme::Http => Ok(stream),

@@ -1,0 +1,388 @@
+//! `egress serve`: the forward proxy that applies the homeserver's IP
+//! blocklists after its own DNS resolution.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress::serve::{policy_name, Htpasswd, Listen, ServeConfig, ServeError, ServePolicy, Server};
+use egress::ProxyUrl;
+use serde_json::json;
+
+use crate::{exit, ConfigArgs};
+
+/// Run a forward proxy for a homeserver that applies its IP blocklist.
+///
+/// Synapse does not apply its IP blocklist to requests it sends through a
+/// proxy; its documentation expects the proxy to. `egress serve` is that
+/// proxy: it reads the same homeserver.yaml, resolves each target itself,
+/// refuses the whole name if any address is blocked (Synapse's rule, with
+/// the allowlist holes and the IPv4-mapped, compatible and 6to4 forms), and
+/// connects to exactly the address it checked.
+///
+/// Point the homeserver at it with https_proxy / http_proxy (and keep its
+/// no_proxy for workers and local services):
+///
+///   egress serve --config /etc/matrix-synapse/homeserver.yaml
+///   https_proxy=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128 synctl start
+///
+/// One JSON line per request goes to stdout; diagnostics go to stderr
+/// (RUST_LOG=debug for more). SIGHUP reloads homeserver.yaml, the htpasswd
+/// file and the environment's proxy settings without closing open tunnels;
+/// SIGTERM or SIGINT stops accepting and lets in-flight work finish (up to
+/// --drain-timeout).
+///
+/// Answers: 403 with X-Egress-Denied when refused ("10.0.0.5 is in
+/// 10.0.0.0/8 of ip_range_blacklist"), 407 without valid credentials, 429
+/// over a limit, 502 when the name does not resolve or the target refuses,
+/// 504 when connecting times out.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  egress serve --config homeserver.yaml --check
+  egress serve --config homeserver.yaml --listen 127.0.0.1:3128 --metrics 127.0.0.1:9128
+  egress serve --listen 127.0.0.1:3128 --listen 127.0.0.1:3129=url_preview
+  egress serve --config homeserver.yaml --upstream http://user:pass@corp-proxy:8080
+
+Exit status: 0 after a clean stop (or a valid --check), 78 for a configuration
+error, 1 when a listener cannot be bound.")]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+
+    /// Where to listen, with the policy its clients get: general
+    /// (ip_range_blacklist), federation or url_preview. Repeatable.
+    #[arg(long, value_name = "ADDR:PORT[=POLICY]", default_value = "127.0.0.1:3128", value_parser = Listen::parse)]
+    listen: Vec<Listen>,
+
+    /// Parent proxy for every target (instead of http_proxy / https_proxy from
+    /// the environment or homeserver.yaml). Targets are checked first and the
+    /// parent is asked for the checked address, never the name.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+
+    /// Validate the configuration, print the effective policy and exit (0, or 78).
+    #[arg(long)]
+    check: bool,
+
+    /// With --check: print the policy as JSON.
+    #[arg(long)]
+    json: bool,
+
+    /// Require client Basic credentials from this htpasswd file (bcrypt or apr1).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without --htpasswd.
+    #[arg(long)]
+    allow_open: bool,
+
+    /// Ask this DNS server (ADDR:PORT) instead of the system resolver.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_server: Option<SocketAddr>,
+
+    /// Serve only names matching one of these globs (*.example.com). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    allow_domain: Vec<String>,
+
+    /// Refuse names matching one of these globs. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    deny_domain: Vec<String>,
+
+    /// Concurrent tunnels and forwarded requests, in all.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_tunnels: usize,
+
+    /// Concurrent tunnels and forwarded requests per client address.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_tunnels_per_client: usize,
+
+    /// Time to resolve and connect to a target or the parent (10, 10s, 500ms, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// Time a client has to send a request head (at most 64 KiB).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    head_timeout: Duration,
+
+    /// Close a tunnel (or forwarded body) that moves nothing for this long.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Time to wait for a forwarded request's response head.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    response_timeout: Duration,
+
+    /// Cut forwarded responses larger than this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_response_bytes: Option<u64>,
+
+    /// After SIGTERM, how long in-flight work may finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// `10`, `10s`, `500ms`, `2m`, `1h`.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration such as 10s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("`{value}`: the unit must be ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{value}`: {e}"))
+}
+
+impl Args {
+    /// The policy from the settings (environment + homeserver.yaml) and the
+    /// flags: read at start and on every SIGHUP.
+    fn policy(&self) -> Result<ServePolicy, String> {
+        let settings = self
+            .config
+            .settings()
+            .map_err(|e| format!("configuration error: {e}"))?;
+        let upstream = self
+            .upstream
+            .as_deref()
+            .map(|url| {
+                ProxyUrl::parse(url)
+                    .map_err(|e| format!("--upstream `{}`: {e}", egress::mask_password(url)))
+            })
+            .transpose()?;
+        let users = self
+            .htpasswd
+            .as_deref()
+            .map(Htpasswd::read)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok(ServePolicy::new(settings)
+            .upstream(upstream)
+            .allow_domains(&self.allow_domain)
+            .deny_domains(&self.deny_domain)
+            .credentials(users))
+    }
+
+    fn serve_config(&self) -> ServeConfig {
+        let mut config = ServeConfig::default();
+        config.listen = self.listen.clone();
+        config.metrics = self.metrics;
+        config.dns_server = self.dns_server;
+        config.allow_open = self.allow_open;
+        config.max_tunnels = self.max_tunnels;
+        config.max_tunnels_per_client = self.max_tunnels_per_client;
+        config.connect_timeout = self.connect_timeout;
+        config.head_timeout = self.head_timeout;
+        config.idle_timeout = self.idle_timeout;
+        config.response_timeout = self.response_timeout;
+        config.max_response_bytes = self.max_response_bytes;
+        config.drain_timeout = self.drain_timeout;
+        config
+    }
+}
+
+/// Builds the runtime and serves until SIGTERM.
+pub fn main(args: Args) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("egress serve: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let policy = match args.policy() {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("egress serve: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let mut config = args.serve_config();
+    if args.check {
+        return check(&args, &config, &policy);
+    }
+    config.on_request = Some(Arc::new(|record| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", record.to_json());
+    }));
+    let server = match Server::bind(config, policy).await {
+        Ok(server) => server,
+        Err(e @ ServeError::Bind { .. }) => {
+            eprintln!("egress serve: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+        Err(e) => {
+            eprintln!("egress serve: {e}{}", hint(&e));
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    for listen in server.local_addrs() {
+        tracing::info!(
+            "listening on {} (policy {})",
+            listen.addr,
+            policy_name(listen.policy)
+        );
+    }
+    if let Some(addr) = server.metrics_addr() {
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    let handle = server.handle();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match args.policy() {
+                    Ok(policy) => {
+                        if let Err(e) = handle.reload(policy) {
+                            tracing::error!("reload refused, the previous policy stays: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload failed, the previous policy stays: {e}"),
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!(
+            in_flight = handle.in_flight(),
+            "stopping: no new connections; draining"
+        );
+        handle.shutdown();
+    });
+    let drained = server.run().await;
+    signals.abort();
+    if drained.abandoned > 0 {
+        tracing::warn!(
+            "{} connections closed at the drain limit",
+            drained.abandoned
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn hint(err: &ServeError) -> &'static str {
+    match err {
+        ServeError::OpenProxy { .. } => {
+            "\nhint: add --htpasswd FILE, listen on 127.0.0.1, or pass --allow-open if a firewall \
+             already limits who can connect"
+        }
+        ServeError::UpstreamIsSelf { .. } => {
+            "\nhint: serve reads http_proxy / https_proxy too; unset them in serve's environment \
+             (they are meant for the homeserver) or give the real parent with --upstream"
+        }
+        _ => "",
+    }
+}
+
+fn check(args: &Args, config: &ServeConfig, policy: &ServePolicy) -> ExitCode {
+    // The checks `bind` makes, without binding.
+    let problem = Server::check(config, policy).err();
+    let kinds: Vec<_> = config.listen.iter().map(|l| l.policy).collect();
+    if args.json {
+        let listeners: Vec<_> = config
+            .listen
+            .iter()
+            .map(|l| {
+                let list = policy.blocklist(l.policy);
+                json!({
+                    "listen": l.addr.to_string(),
+                    "policy": policy_name(l.policy),
+                    "blocklist": list.name(),
+                    "ranges": list.ranges().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    "allowed": list.allowed_ranges().map(|r| r.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = json!({
+            "ok": problem.is_none(),
+            "error": problem.as_ref().map(|e| e.to_string()),
+            "listeners": listeners,
+            "policy": policy.describe(&kinds).lines().collect::<Vec<_>>(),
+            "limits": {
+                "max_tunnels": config.max_tunnels,
+                "max_tunnels_per_client": config.max_tunnels_per_client,
+                "connect_timeout_s": config.connect_timeout.as_secs_f64(),
+                "head_timeout_s": config.head_timeout.as_secs_f64(),
+                "idle_timeout_s": config.idle_timeout.as_secs_f64(),
+                "max_response_bytes": config.max_response_bytes,
+            },
+        });
+        println!("{out:#}");
+    } else {
+        for l in &config.listen {
+            println!("listen {} (policy {})", l.addr, policy_name(l.policy));
+        }
+        print!("{}", policy.describe(&kinds));
+        println!(
+            "limits: {} tunnels, {} per client; connect {:?}, head {:?}, idle {:?}{}",
+            config.max_tunnels,
+            config.max_tunnels_per_client,
+            config.connect_timeout,
+            config.head_timeout,
+            config.idle_timeout,
+            config
+                .max_response_bytes
+                .map(|m| format!(", responses up to {m} bytes"))
+                .unwrap_or_default()
+        );
+        if let Some(e) = &problem {
+            eprintln!("egress serve: {e}{}", hint(e));
+        } else {
+            println!("configuration OK");
+        }
+    }
+    match problem {
+        None => ExitCode::SUCCESS,
+        Some(_) => ExitCode::from(exit::CONFIG),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 weeks").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast")
+            .unwrap_err()
+            .contains("not a duration"));
+    }
+}

@@ -1,0 +1,123 @@
+//! One record per request `egress serve` handled: what the CLI prints as a
+//! JSON line.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::BlocklistKind;
+
+/// What serve decided for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Checked and relayed (the status says how the target answered).
+    Allowed,
+    /// Refused by policy: blocklist, domain globs, credentials, limits.
+    Denied,
+    /// Allowed, but the target could not be reached (DNS, connect, parent).
+    Failed,
+}
+
+impl Decision {
+    /// `allowed`, `denied` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Failed => "failed",
+        }
+    }
+}
+
+/// One handled request.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RequestLog {
+    /// When the request arrived.
+    pub time: SystemTime,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The policy of the listener it came to.
+    pub policy: BlocklistKind,
+    /// `CONNECT`, `GET`, ….
+    pub method: String,
+    /// `host:port` for CONNECT, the URL for forwarded requests.
+    pub target: String,
+    /// The checked address serve connected to (or asked the parent for).
+    pub resolved: Option<SocketAddr>,
+    /// The decision.
+    pub decision: Decision,
+    /// Why: the blocklist range, the glob, the failure, or `checked`.
+    pub reason: String,
+    /// The parent proxy used, masked.
+    pub upstream: Option<String>,
+    /// The status serve answered with.
+    pub status: u16,
+    /// Bytes from the client to the target (bodies; tunnel bytes).
+    pub bytes_up: u64,
+    /// Bytes from the target to the client.
+    pub bytes_down: u64,
+    /// From the request to the end of the response (or tunnel).
+    pub duration: Duration,
+}
+
+impl RequestLog {
+    /// The record as one JSON object.
+    pub fn to_json(&self) -> String {
+        json!({
+            "time": rfc3339(self.time),
+            "client": self.client.to_string(),
+            "policy": super::policy_name(self.policy),
+            "method": self.method,
+            "target": self.target,
+            "resolved": self.resolved.map(|a| a.to_string()),
+            "decision": self.decision.as_str(),
+            "reason": self.reason,
+            "upstream": self.upstream,
+            "status": self.status,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration_ms": (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        })
+        .to_string()
+    }
+}
+
+/// `2026-11-28T02:29:36.123Z`.
+fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_833_376_123);
+        assert_eq!(rfc3339(t), "2026-11-28T02:36:16.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

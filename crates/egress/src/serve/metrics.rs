@@ -1,0 +1,106 @@
+//! serve's Prometheus metrics (the `prometheus-client` crate, text format).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) decision: &'static str,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabels {
+    pub(crate) direction: &'static str,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) active_tunnels: Gauge,
+    pub(crate) bytes: Family<DirectionLabels, Counter>,
+    pub(crate) dns_seconds: Histogram,
+    pub(crate) connect_seconds: Histogram,
+    pub(crate) reloads: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("egress_serve");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let active_tunnels = Gauge::default();
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        // 0.5 ms .. ~16 s
+        let dns_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let connect_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let reloads = Counter::default();
+        registry.register(
+            "requests",
+            "Requests (CONNECT and forwarded) by decision and reason",
+            requests.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "Open CONNECT tunnels",
+            active_tunnels.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed; up is client to target",
+            bytes.clone(),
+        );
+        registry.register(
+            "dns_seconds",
+            "Time to resolve a target name",
+            dns_seconds.clone(),
+        );
+        registry.register(
+            "connect_seconds",
+            "Time to connect to a target or parent proxy (with CONNECT through the parent)",
+            connect_seconds.clone(),
+        );
+        registry.register("reloads", "Policy reloads (SIGHUP)", reloads.clone());
+        Metrics {
+            registry,
+            requests,
+            active_tunnels,
+            bytes,
+            dns_seconds,
+            connect_seconds,
+            reloads,
+        }
+    }
+
+    pub(crate) fn count(&self, decision: &'static str, reason: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { decision, reason })
+            .inc();
+    }
+
+    pub(crate) fn bytes(&self, up: u64, down: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "up" })
+            .inc_by(up);
+        self.bytes
+            .get_or_create(&DirectionLabels { direction: "down" })
+            .inc_by(down);
+    }
+
+    pub(crate) fn observe(histogram: &Histogram, took: Duration) {
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

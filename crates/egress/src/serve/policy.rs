@@ -336,7 +336,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             denial.to_string(),
-            "10.0.0.5 is in 10.0.0.0/8 of ip_range_blacklist"
+            "10.0.0.5 is in 10.0.0.0/8 of ip_range_blacklist (default)"
         );
         // The IPv4-mapped form is the same address.
         let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();

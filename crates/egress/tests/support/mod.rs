@@ -544,6 +544,13 @@ impl Squid {
     }
 }
 
+impl World {
+    /// squid's folder (its cache.log holds every request it parsed, with headers).
+    pub fn squid_dir(&self) -> &Path {
+        &self.squid.dir
+    }
+}
+
 impl Squid {
     /// Request lines (`CONNECT host:port HTTP/1.1`, `GET http://... HTTP/1.1`)
     /// of every request squid has parsed, that contain `needle`. squid writes

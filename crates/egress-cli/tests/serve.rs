@@ -1,0 +1,689 @@
+//! `egress serve` as a process: the protocol as Synapse and egress send it,
+//! the blocklist after its own DNS, DNS rebinding, chaining through a real
+//! squid, credentials, limits, faults and signals. Loopback only.
+
+#[path = "../../egress/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener as StdListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_egress");
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `egress serve`, stopped (SIGTERM to its group) with the test binary.
+struct Serve {
+    port: u16,
+    metrics_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Serve {
+    fn start(name: &str, yaml: &str, args: &[&str]) -> Serve {
+        Serve::start_env(name, yaml, args, &[])
+    }
+
+    fn start_env(name: &str, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let dir = temp_dir(&format!("serve-{name}"));
+        std::fs::write(dir.join("homeserver.yaml"), yaml).unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "egress=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(dir.join("homeserver.yaml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(args)
+            .stdout(std::fs::File::create(dir.join("log.jsonl")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+        let mut child = spawn(cmd);
+        wait_for_port(&mut child, port, "egress serve", &dir.join("stderr.log"));
+        Serve {
+            port,
+            metrics_port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn proxy(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// The first record matching `want`, waiting for it (a tunnel's record
+    /// is written when the tunnel closes).
+    fn record(&self, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| want(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such record; serve logged:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(self.dir.join("log.jsonl")).unwrap_or_default(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        let (head, body) = raw(
+            self.metrics_port,
+            "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        );
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        // SAFETY: a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for serve to exit; its status.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A homeserver.yaml letting `addrs` through the default blocklist.
+fn allow(addrs: &[&str]) -> String {
+    format!(
+        "ip_range_whitelist: [{}]\n",
+        addrs
+            .iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn connect(port: u16) -> TcpStream {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_write_timeout(Some(WAIT)).unwrap();
+    tcp
+}
+
+/// Reads a response head (up to the blank line) byte by byte, so that the
+/// bytes after it stay in the socket.
+fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            Ok(_) => break,
+            Err(e) => panic!("reading a head: {e}; so far {:?}", String::from_utf8_lossy(&head)),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// One request on a fresh connection that the server closes; head and body.
+fn raw(port: u16, request: &str) -> (String, String) {
+    let mut tcp = connect(port);
+    tcp.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut tcp);
+    let mut body = String::new();
+    let _ = tcp.read_to_string(&mut body);
+    (head, body)
+}
+
+/// `CONNECT target` on a new connection; the head of the answer and the socket.
+fn tunnel(port: u16, request: &str) -> (String, TcpStream) {
+    let mut tcp = connect(port);
+    tcp.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut tcp);
+    (head, tcp)
+}
+
+/// A plain HTTP origin of ours that echoes request bodies, serves `/big?n=N`
+/// (N bytes in 64 KiB chunks) and counts the connections it accepted.
+struct Echo {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+impl Echo {
+    fn start(ip: &str) -> Echo {
+        let listener = StdListener::bind((ip, 0)).unwrap();
+        Echo::on(listener)
+    }
+
+    fn on(listener: StdListener) -> Echo {
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (count, record) = (accepted.clone(), seen.clone());
+        runtime().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let mut headers: HashMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                                .collect();
+                            headers.insert(":target".into(), req.uri().to_string());
+                            record.lock().unwrap().push(headers);
+                            let big = req
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("n="))
+                                .and_then(|n| n.parse::<usize>().ok());
+                            let body = if let Some(n) = big {
+                                Repeat { left: n }.boxed()
+                            } else {
+                                let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                                Full::new(bytes).map_err(|never| match never {}).boxed()
+                            };
+                            Ok::<_, std::convert::Infallible>(Response::new(body))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Echo {
+            port,
+            accepted,
+            seen,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// `n` bytes of `x` in 64 KiB frames, produced as they are read.
+struct Repeat {
+    left: usize,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let len = self.left.min(65536);
+        self.left -= len;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; len])))))
+    }
+}
+
+/// dnsmasq answering A records from a hosts-format file (several lines for
+/// one name give a mixed answer).
+fn dnsmasq(name: &str, hosts: &str) -> u16 {
+    let dir = temp_dir(&format!("dnsmasq-{name}"));
+    std::fs::write(dir.join("hosts"), hosts).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(require("dnsmasq"));
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=",
+        "--pid-file=",
+    ])
+    .arg(format!("--port={port}"))
+    .arg(format!("--addn-hosts={}", dir.join("hosts").display()))
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("out.log")).unwrap());
+    let _child = spawn(cmd);
+    // dnsmasq listens on UDP (and TCP): wait for the TCP side.
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "dnsmasq did not start: {}",
+            std::fs::read_to_string(dir.join("out.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    port
+}
+
+/// A fake DNS server (no real one changes its answer from one query to the
+/// next, which is what a rebinding attacker's server does): the first A
+/// query for any name gets `first`, every later one `then`; TTL 0. AAAA
+/// queries get no address. Counts A queries.
+struct FakeDns {
+    port: u16,
+    a_queries: Arc<AtomicUsize>,
+}
+
+impl FakeDns {
+    fn start(first: [u8; 4], then: [u8; 4]) -> FakeDns {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let a_queries = Arc::new(AtomicUsize::new(0));
+        let count = a_queries.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { return };
+                let query = &buf[..n];
+                if n < 12 {
+                    continue;
+                }
+                // The question: labels up to a zero byte, then type and class.
+                let mut end = 12;
+                while end < n && query[end] != 0 {
+                    end += 1 + query[end] as usize;
+                }
+                let question_end = end + 5;
+                if question_end > n {
+                    continue;
+                }
+                let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+                let mut reply = Vec::with_capacity(64);
+                reply.extend_from_slice(&query[..2]); // id
+                reply.extend_from_slice(&[0x81, 0x80]); // response, recursion
+                reply.extend_from_slice(&[0, 1]); // one question
+                let answer = (qtype == 1).then(|| {
+                    if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                        first
+                    } else {
+                        then
+                    }
+                });
+                reply.extend_from_slice(&[0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+                reply.extend_from_slice(&query[12..question_end]);
+                if let Some(ip) = answer {
+                    reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    reply.extend_from_slice(&ip);
+                }
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+        FakeDns { port, a_queries }
+    }
+}
+
+fn get_through(serve: &Serve, url: &str) -> (String, String) {
+    raw(
+        serve.port,
+        &format!("GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", url.split('/').nth(2).unwrap()),
+    )
+}
+
+#[test]
+fn connect_as_synapse_and_as_egress_send_it() {
+    let echo = Echo::start("127.0.0.1");
+    let serve = Serve::start("connect", &allow(&["127.0.0.1/32"]), &[]);
+    // Synapse (Twisted): HTTP/1.0, no Host.
+    let (head, mut tcp) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.0\r\n\r\n", echo.port));
+    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}");
+    tcp.write_all(b"POST /tunnelled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("hello"), "{answer}");
+    drop(tcp);
+    let record = serve.record(|r| r["method"] == "CONNECT" && r["target"].as_str().unwrap().ends_with(&format!(":{}", echo.port)));
+    assert_eq!(record["decision"], "allowed");
+    assert_eq!(record["resolved"], format!("127.0.0.1:{}", echo.port));
+    assert_eq!(record["status"], 200);
+    assert!(record["bytes_up"].as_u64().unwrap() >= 80, "{record}");
+    assert!(record["bytes_down"].as_u64().unwrap() >= 5, "{record}");
+
+    // egress's own client: HTTP/1.1 CONNECT with Host, TLS to the origin inside.
+    let w = world();
+    let out = run_egress(
+        BIN,
+        "fetch",
+        &[("https_proxy", &serve.proxy())],
+        &[&w.https_origin.url("localhost", "/through-serve")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "origin https /through-serve");
+    let record = serve.record(|r| r["target"] == format!("localhost:{}", w.https_origin.port));
+    assert_eq!(record["resolved"], format!("127.0.0.1:{}", w.https_origin.port));
+}
+
+#[test]
+fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
+    let echo = Echo::start("127.0.0.1");
+    let serve = Serve::start("forward", &allow(&["127.0.0.1/32"]), &[]);
+    let mut tcp = connect(serve.port);
+    let body = "b".repeat(300_000);
+    // Two requests on one client connection: a chunked upload, then a download.
+    tcp.write_all(
+        format!(
+            "POST http://localhost:{}/up HTTP/1.1\r\nHost: localhost:{}\r\nTransfer-Encoding: chunked\r\n\
+             Proxy-Authorization: Basic c2VjcmV0OnNlY3JldA==\r\nProxy-Connection: keep-alive\r\n\
+             Connection: keep-alive, X-Private\r\nX-Private: 1\r\nX-Kept: 2\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            echo.port,
+            echo.port,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let head = read_head(&mut tcp);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(header(&head, "via"), Some("1.1 egress"), "{head}");
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let echoed = read_body(&mut reader, &head);
+    assert_eq!(echoed.len(), body.len());
+    tcp.write_all(format!("GET http://localhost:{}/big?n=2000000 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", echo.port, echo.port).as_bytes()).unwrap();
+    let head = read_head_buffered(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body(&mut reader, &head).len(), 2_000_000);
+    drop(reader);
+    drop(tcp);
+    // One connection to the origin for both (pooled), and what it saw.
+    assert_eq!(echo.accepted(), 1);
+    let seen = echo.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for headers in &seen {
+        assert_eq!(headers["host"], format!("localhost:{}", echo.port));
+        assert_eq!(headers["via"], "1.1 egress");
+        for gone in ["proxy-authorization", "proxy-connection", "x-private"] {
+            assert!(!headers.contains_key(gone), "{gone} reached the origin: {headers:?}");
+        }
+    }
+    assert_eq!(seen[0]["x-kept"], "2");
+    assert_eq!(seen[0][":target"], "/up");
+    let up = serve.record(|r| r["target"].as_str().unwrap().ends_with("/up"));
+    assert_eq!(up["bytes_up"], body.len());
+    assert_eq!(up["resolved"], format!("127.0.0.1:{}", echo.port));
+    let down = serve.record(|r| r["target"].as_str().unwrap().contains("/big"));
+    assert_eq!(down["bytes_down"], 2_000_000);
+}
+
+fn read_head_buffered(reader: &mut BufReader<TcpStream>) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "closed in a head: {head}");
+        head.push_str(&line);
+        if line == "\r\n" {
+            return head;
+        }
+    }
+}
+
+/// A body by Content-Length or chunked framing.
+fn read_body(reader: &mut BufReader<TcpStream>, head: &str) -> Vec<u8> {
+    if let Some(len) = header(head, "content-length") {
+        let mut body = vec![0; len.parse().unwrap()];
+        reader.read_exact(&mut body).unwrap();
+        return body;
+    }
+    assert_eq!(header(head, "transfer-encoding"), Some("chunked"), "{head}");
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+#[test]
+fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
+    let allowed = Echo::start("127.0.0.1");
+    let blocked = Echo::on(StdListener::bind(("127.0.0.9", allowed.port)).unwrap());
+    let dns = dnsmasq("mixed", "127.0.0.1 ok.test\n127.0.0.1 mixed.test\n127.0.0.9 mixed.test\n");
+    let serve = Serve::start(
+        "mixed",
+        &allow(&["127.0.0.1/32"]),
+        &["--dns-server", &format!("127.0.0.1:{dns}"), "--deny-domain", "*.denied.test"],
+    );
+    let (head, _) = tunnel(serve.port, &format!("CONNECT mixed.test:{} HTTP/1.1\r\nHost: mixed.test\r\n\r\n", allowed.port));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(
+        header(&head, "x-egress-denied"),
+        Some("127.0.0.9 is in 127.0.0.0/8 of ip_range_blacklist (default)")
+    );
+    // Neither address was dialled.
+    assert_eq!((allowed.accepted(), blocked.accepted()), (0, 0));
+    let record = serve.record(|r| r["target"].as_str().unwrap().starts_with("mixed.test"));
+    assert_eq!(record["decision"], "denied");
+    assert_eq!(record["status"], 403);
+
+    let (head, _) = tunnel(serve.port, &format!("CONNECT ok.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // IP literals are checked the same way, in every IPv6 spelling.
+    for (target, range) in [
+        ("10.1.2.3:443", "10.1.2.3 is in 10.0.0.0/8 of ip_range_blacklist (default)"),
+        ("[::ffff:10.1.2.3]:443", "::ffff:10.1.2.3 is in 10.0.0.0/8 (as ::ffff:10.0.0.0/104) of ip_range_blacklist (default)"),
+        ("[::1]:443", "::1 is in ::1/128 of ip_range_blacklist (default)"),
+        ("0.0.0.0:443", "0.0.0.0 is in 0.0.0.0/32 of ip_range_blacklist (default)"),
+    ] {
+        let (head, _) = tunnel(serve.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
+        assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
+        assert_eq!(header(&head, "x-egress-denied"), Some(range), "{target}");
+    }
+    let (head, _) = tunnel(serve.port, "CONNECT www.denied.test:443 HTTP/1.1\r\n\r\n");
+    assert_eq!(header(&head, "x-egress-denied"), Some("www.denied.test matches *.denied.test of --deny-domain"));
+    // DNS failure and connection refused: 502, each with its reason.
+    let (head, _) = tunnel(serve.port, "CONNECT nowhere.test:443 HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let closed = free_port();
+    let (head, _) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let dns_fail = serve.record(|r| r["target"] == "nowhere.test:443");
+    assert_eq!(dns_fail["decision"], "failed");
+    assert!(dns_fail["reason"].as_str().unwrap().contains("cannot resolve nowhere.test"), "{dns_fail}");
+    let refused = serve.record(|r| r["target"] == format!("127.0.0.1:{closed}"));
+    assert_eq!(refused["decision"], "failed");
+    let metrics = serve.metrics();
+    assert!(metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="ip_blocked"} 5"#), "{metrics}");
+    assert!(metrics.contains(r#"egress_serve_requests_total{decision="failed",reason="dns_failure"} 1"#), "{metrics}");
+}
+
+#[test]
+fn dns_rebinding_cannot_switch_the_address_after_the_check() {
+    // The name answers 127.0.0.1 (allowed) once, then 127.0.0.10 (blocked),
+    // where another origin listens on the same port.
+    let allowed = Echo::start("127.0.0.1");
+    let rebound = Echo::on(StdListener::bind(("127.0.0.10", allowed.port)).unwrap());
+    let dns = FakeDns::start([127, 0, 0, 1], [127, 0, 0, 10]);
+    let serve = Serve::start(
+        "rebind",
+        &allow(&["127.0.0.1/32"]),
+        &["--dns-server", &format!("127.0.0.1:{}", dns.port)],
+    );
+    let (head, mut tcp) = tunnel(serve.port, &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.write_all(b"GET /r HTTP/1.1\r\nHost: rebind.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // One question, one dial, to the address that was checked.
+    assert_eq!(dns.a_queries.load(Ordering::SeqCst), 1);
+    assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
+    // The next answer is the blocked one: refused, and still never dialled.
+    let (head, _) = tunnel(serve.port, &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(header(&head, "x-egress-denied"), Some("127.0.0.10 is in 127.0.0.0/8 of ip_range_blacklist (default)"));
+    assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
+}
+
+#[test]
+fn chaining_asks_squid_for_the_checked_address_never_the_name() {
+    let w = world();
+    let serve = Serve::start(
+        "chain",
+        &allow(&["127.0.0.1/32"]),
+        &["--upstream", &format!("http://127.0.0.1:{}", w.squid.open_port)],
+    );
+    let marker = "/chained-through-squid";
+    let out = run_egress(BIN, "fetch", &[("https_proxy", &serve.proxy())], &[&w.https_origin.url("localhost", marker)]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), serve.stderr());
+    let connect = format!("CONNECT 127.0.0.1:{} ", w.https_origin.port);
+    assert_eq!(w.squid.requests(&connect).len(), 1, "{:?}", w.squid.requests("CONNECT"));
+    assert!(w.squid.requests(&format!("localhost:{}", w.https_origin.port)).is_empty());
+    let record = serve.record(|r| r["target"] == format!("localhost:{}", w.https_origin.port));
+    assert_eq!(record["upstream"], format!("http://127.0.0.1:{}", w.squid.open_port));
+
+    // Forwarded http://: squid gets the address in the URL, the origin the original Host.
+    let (head, body) = get_through(&serve, &w.http_origin.url("localhost", "/chained-forward"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert_eq!(body, "origin http /chained-forward");
+    assert_eq!(w.squid.requests(&format!("GET http://127.0.0.1:{}/chained-forward", w.http_origin.port)).len(), 1);
+    // serve sent the original Host with it; squid, as RFC 9112 §3.2.2 asks of
+    // a proxy given an absolute-form target, replaced it from the URL.
+    let cache_log = std::fs::read_to_string(w.squid_dir().join("cache.log")).unwrap();
+    let request = cache_log
+        .split("HTTP Client REQUEST:")
+        .find(|block| block.contains(&format!("GET http://127.0.0.1:{}/chained-forward", w.http_origin.port)))
+        .expect("squid logged the request");
+    assert!(request.to_ascii_lowercase().contains(&format!("host: localhost:{}", w.http_origin.port)), "{request}");
+    let seen = w.http_origin.seen("/chained-forward");
+    assert!(seen[0].headers["via"].contains("egress"), "{:?}", seen[0].headers);
+
+    // Blocked targets never reach squid; squid's own address is exempt, its range is not.
+    for target in ["10.9.9.9:443", "127.0.0.2:443"] {
+        let (head, _) = tunnel(serve.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
+        assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
+        assert!(w.squid.requests(target).is_empty(), "{target} reached squid");
+    }
+}
+
+#[test]
+fn a_parent_that_wants_credentials_is_a_502_that_says_so() {
+    let w = world();
+    let echo = Echo::start("127.0.0.1");
+    let serve = Serve::start(
+        "chain-auth",
+        &allow(&["127.0.0.1/32"]),
+        &["--upstream", &format!("http://{USER}:wrong@127.0.0.1:{}", w.squid.auth_port)],
+    );
+    let (head, body) = raw(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port));
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(body.contains("407"), "{body}");
+    assert!(!body.contains("wrong") && !serve.stderr().contains("wrong"), "password shown: {body}");
+}
+
+#[test]
+fn client_credentials_from_htpasswd() {
+    let echo = Echo::start("127.0.0.1");
+    let dir = temp_dir("htpasswd-file");
+    let hash = Command::new("openssl").args(["passwd", "-apr1", "pr0xy-pw"]).output().unwrap();
+    std::fs::write(dir.join("htpasswd"), format!("synapse:{}", String::from_utf8_lossy(&hash.stdout))).unwrap();
+    let serve = Serve::start("htpasswd", &allow(&["127.0.0.1/32"]), &["--htpasswd", dir.join("htpasswd").to_str().unwrap()]);
+    let url = format!("http://127.0.0.1:{}/authed", echo.port);
+    let basic = |user_pass: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    };
+    let (head, _) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert_eq!(header(&head, "proxy-authenticate"), Some("Basic realm=\"egress\""));
+    let (head, _) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {}\r\nConnection: close\r\n\r\n", basic("synapse:nope")));
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    let (head, body) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {}\r\nConnection: close\r\n\r\n", basic("synapse:pr0xy-pw")));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    let (head, _) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.0\r\nProxy-Authorization: Basic {}\r\n\r\n", echo.port, basic("synapse:pr0xy-pw")));
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    // Only the authenticated forward reached the origin, without the credentials.
+    let seen = echo.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].contains_key("proxy-authorization"));
+    assert!(!serve.stderr().contains("pr0xy-pw") && !std::fs::read_to_string(serve.dir.join("log.jsonl")).unwrap().contains("pr0xy-pw"));
+}
+
+#[test]
+fn check_validates_and_refuses_an_open_proxy() {
+    let dir = temp_dir("serve-check");
+    std::fs::write(dir.join("hs.yaml"), "ip_range_blacklist: ['10.0.0.0/8']\nip_range_whitelist: ['10.1.0.0/16']\n").unwrap();
+    let yaml = dir.join("hs.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).env_clear().arg("serve").arg("--config").arg(&yaml).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = run(&["--check"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("blocklist ip_range_blacklist (1 ranges, plus 0.0.0.0 and ::): 10.0.0.0/8"), "{text}");
+    assert!(text.contains("allowed through the blocklist: 10.1.0.0/16"), "{text}");
+    let (code, text) = run(&["--check", "--listen", "0.0.0.0:3128"]);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("--listen 0.0.0.0:3128 is not a loopback address") && text.contains("hint: add --htpasswd"), "{text}");
+    assert_eq!(run(&["--check", "--listen", "0.0.0.0:3128", "--allow-open"]).0, Some(0));
+    // A parent that is serve itself (serve's env carrying the homeserver's proxy).
+    let out = Command::new(BIN).env_clear().env("https_proxy", "http://127.0.0.1:3128").args(["serve", "--check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is this server's own listener 127.0.0.1:3128"));
+    let (code, text) = run(&["--check", "--upstream", "socks5://u:secretpw@h:1"]);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("--upstream") && !text.contains("secretpw"), "{text}");
+    let (code, text) = run(&["--check", "--listen", "127.0.0.1:1=preview"]);
+    assert_eq!(code, Some(2), "{text}");
+}

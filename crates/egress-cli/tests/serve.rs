@@ -126,7 +126,10 @@ impl Serve {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "serve still running after {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "serve still running after {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,7 +163,10 @@ fn read_head(tcp: &mut TcpStream) -> String {
         match tcp.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
             Ok(_) => break,
-            Err(e) => panic!("reading a head: {e}; so far {:?}", String::from_utf8_lossy(&head)),
+            Err(e) => panic!(
+                "reading a head: {e}; so far {:?}",
+                String::from_utf8_lossy(&head)
+            ),
         }
     }
     String::from_utf8_lossy(&head).into_owned()
@@ -214,7 +220,9 @@ impl Echo {
         runtime().spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let record = record.clone();
                 tokio::spawn(async move {
@@ -236,7 +244,12 @@ impl Echo {
                             let body = if let Some(n) = big {
                                 Repeat { left: n }.boxed()
                             } else {
-                                let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                                let bytes = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
                                 Full::new(bytes).map_err(|never| match never {}).boxed()
                             };
                             Ok::<_, std::convert::Infallible>(Response::new(body))
@@ -284,7 +297,8 @@ impl hyper::body::Body for Repeat {
 
 /// dnsmasq answering A records from a hosts-format file (several lines for
 /// one name give a mixed answer).
-fn dnsmasq(name: &str, hosts: &str) -> u16 {
+/// Its port, and the process (stopped with the test binary).
+fn dnsmasq(name: &str, hosts: &str) -> (u16, Child) {
     let dir = temp_dir(&format!("dnsmasq-{name}"));
     std::fs::write(dir.join("hosts"), hosts).unwrap();
     let port = free_port();
@@ -302,15 +316,18 @@ fn dnsmasq(name: &str, hosts: &str) -> u16 {
     .arg(format!("--addn-hosts={}", dir.join("hosts").display()))
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(dir.join("out.log")).unwrap());
-    let _child = spawn(cmd);
+    let child = spawn(cmd);
     // dnsmasq listens on UDP (and TCP): wait for the TCP side.
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "dnsmasq did not start: {}",
-            std::fs::read_to_string(dir.join("out.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq did not start: {}",
+            std::fs::read_to_string(dir.join("out.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    port
+    (port, child)
 }
 
 /// A fake DNS server (no real one changes its answer from one query to the
@@ -331,7 +348,9 @@ impl FakeDns {
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             loop {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else { return };
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
                 let query = &buf[..n];
                 if n < 12 {
                     continue;
@@ -373,7 +392,10 @@ impl FakeDns {
 fn get_through(serve: &Serve, url: &str) -> (String, String) {
     raw(
         serve.port,
-        &format!("GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", url.split('/').nth(2).unwrap()),
+        &format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            url.split('/').nth(2).unwrap()
+        ),
     )
 }
 
@@ -382,14 +404,26 @@ fn connect_as_synapse_and_as_egress_send_it() {
     let echo = Echo::start("127.0.0.1");
     let serve = Serve::start("connect", &allow(&["127.0.0.1/32"]), &[]);
     // Synapse (Twisted): HTTP/1.0, no Host.
-    let (head, mut tcp) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.0\r\n\r\n", echo.port));
-    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}");
+    let (head, mut tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.0\r\n\r\n", echo.port),
+    );
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
     tcp.write_all(b"POST /tunnelled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).unwrap();
     assert!(answer.ends_with("hello"), "{answer}");
     drop(tcp);
-    let record = serve.record(|r| r["method"] == "CONNECT" && r["target"].as_str().unwrap().ends_with(&format!(":{}", echo.port)));
+    let record = serve.record(|r| {
+        r["method"] == "CONNECT"
+            && r["target"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{}", echo.port))
+    });
     assert_eq!(record["decision"], "allowed");
     assert_eq!(record["resolved"], format!("127.0.0.1:{}", echo.port));
     assert_eq!(record["status"], 200);
@@ -404,10 +438,20 @@ fn connect_as_synapse_and_as_egress_send_it() {
         &[("https_proxy", &serve.proxy())],
         &[&w.https_origin.url("localhost", "/through-serve")],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "origin https /through-serve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "origin https /through-serve"
+    );
     let record = serve.record(|r| r["target"] == format!("localhost:{}", w.https_origin.port));
-    assert_eq!(record["resolved"], format!("127.0.0.1:{}", w.https_origin.port));
+    assert_eq!(
+        record["resolved"],
+        format!("127.0.0.1:{}", w.https_origin.port)
+    );
 }
 
 #[test]
@@ -435,7 +479,14 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     let mut reader = BufReader::new(tcp.try_clone().unwrap());
     let echoed = read_body(&mut reader, &head);
     assert_eq!(echoed.len(), body.len());
-    tcp.write_all(format!("GET http://localhost:{}/big?n=2000000 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n", echo.port, echo.port).as_bytes()).unwrap();
+    tcp.write_all(
+        format!(
+            "GET http://localhost:{}/big?n=2000000 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            echo.port, echo.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let head = read_head_buffered(&mut reader);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(read_body(&mut reader, &head).len(), 2_000_000);
@@ -449,7 +500,10 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
         assert_eq!(headers["host"], format!("localhost:{}", echo.port));
         assert_eq!(headers["via"], "1.1 egress");
         for gone in ["proxy-authorization", "proxy-connection", "x-private"] {
-            assert!(!headers.contains_key(gone), "{gone} reached the origin: {headers:?}");
+            assert!(
+                !headers.contains_key(gone),
+                "{gone} reached the origin: {headers:?}"
+            );
         }
     }
     assert_eq!(seen[0]["x-kept"], "2");
@@ -461,11 +515,21 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     assert_eq!(down["bytes_down"], 2_000_000);
 }
 
+/// The value of the metric line starting with `name` (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
 fn read_head_buffered(reader: &mut BufReader<TcpStream>) -> String {
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "closed in a head: {head}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed in a head: {head}"
+        );
         head.push_str(&line);
         if line == "\r\n" {
             return head;
@@ -499,13 +563,27 @@ fn read_body(reader: &mut BufReader<TcpStream>, head: &str) -> Vec<u8> {
 fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     let allowed = Echo::start("127.0.0.1");
     let blocked = Echo::on(StdListener::bind(("127.0.0.9", allowed.port)).unwrap());
-    let dns = dnsmasq("mixed", "127.0.0.1 ok.test\n127.0.0.1 mixed.test\n127.0.0.9 mixed.test\n");
+    let (dns, _dnsmasq) = dnsmasq(
+        "mixed",
+        "127.0.0.1 ok.test\n127.0.0.1 mixed.test\n127.0.0.9 mixed.test\n",
+    );
     let serve = Serve::start(
         "mixed",
         &allow(&["127.0.0.1/32"]),
-        &["--dns-server", &format!("127.0.0.1:{dns}"), "--deny-domain", "*.denied.test"],
+        &[
+            "--dns-server",
+            &format!("127.0.0.1:{dns}"),
+            "--deny-domain",
+            "*.denied.test",
+        ],
     );
-    let (head, _) = tunnel(serve.port, &format!("CONNECT mixed.test:{} HTTP/1.1\r\nHost: mixed.test\r\n\r\n", allowed.port));
+    let (head, _) = tunnel(
+        serve.port,
+        &format!(
+            "CONNECT mixed.test:{} HTTP/1.1\r\nHost: mixed.test\r\n\r\n",
+            allowed.port
+        ),
+    );
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(
         header(&head, "x-egress-denied"),
@@ -517,7 +595,10 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     assert_eq!(record["decision"], "denied");
     assert_eq!(record["status"], 403);
 
-    let (head, _) = tunnel(serve.port, &format!("CONNECT ok.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    let (head, _) = tunnel(
+        serve.port,
+        &format!("CONNECT ok.test:{} HTTP/1.1\r\n\r\n", allowed.port),
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // IP literals are checked the same way, in every IPv6 spelling.
     for (target, range) in [
@@ -531,21 +612,40 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
         assert_eq!(header(&head, "x-egress-denied"), Some(range), "{target}");
     }
     let (head, _) = tunnel(serve.port, "CONNECT www.denied.test:443 HTTP/1.1\r\n\r\n");
-    assert_eq!(header(&head, "x-egress-denied"), Some("www.denied.test matches *.denied.test of --deny-domain"));
+    assert_eq!(
+        header(&head, "x-egress-denied"),
+        Some("www.denied.test matches *.denied.test of --deny-domain")
+    );
     // DNS failure and connection refused: 502, each with its reason.
     let (head, _) = tunnel(serve.port, "CONNECT nowhere.test:443 HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let closed = free_port();
-    let (head, _) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n"));
+    let (head, _) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n"),
+    );
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let dns_fail = serve.record(|r| r["target"] == "nowhere.test:443");
     assert_eq!(dns_fail["decision"], "failed");
-    assert!(dns_fail["reason"].as_str().unwrap().contains("cannot resolve nowhere.test"), "{dns_fail}");
+    assert!(
+        dns_fail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot resolve nowhere.test"),
+        "{dns_fail}"
+    );
     let refused = serve.record(|r| r["target"] == format!("127.0.0.1:{closed}"));
     assert_eq!(refused["decision"], "failed");
     let metrics = serve.metrics();
-    assert!(metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="ip_blocked"} 5"#), "{metrics}");
-    assert!(metrics.contains(r#"egress_serve_requests_total{decision="failed",reason="dns_failure"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="ip_blocked"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"egress_serve_requests_total{decision="failed",reason="dns_failure"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -560,9 +660,13 @@ fn dns_rebinding_cannot_switch_the_address_after_the_check() {
         &allow(&["127.0.0.1/32"]),
         &["--dns-server", &format!("127.0.0.1:{}", dns.port)],
     );
-    let (head, mut tcp) = tunnel(serve.port, &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    let (head, mut tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port),
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    tcp.write_all(b"GET /r HTTP/1.1\r\nHost: rebind.test\r\nConnection: close\r\n\r\n").unwrap();
+    tcp.write_all(b"GET /r HTTP/1.1\r\nHost: rebind.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -570,9 +674,15 @@ fn dns_rebinding_cannot_switch_the_address_after_the_check() {
     assert_eq!(dns.a_queries.load(Ordering::SeqCst), 1);
     assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
     // The next answer is the blocked one: refused, and still never dialled.
-    let (head, _) = tunnel(serve.port, &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port));
+    let (head, _) = tunnel(
+        serve.port,
+        &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port),
+    );
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
-    assert_eq!(header(&head, "x-egress-denied"), Some("127.0.0.10 is in 127.0.0.0/8 of ip_range_blacklist (default)"));
+    assert_eq!(
+        header(&head, "x-egress-denied"),
+        Some("127.0.0.10 is in 127.0.0.0/8 of ip_range_blacklist (default)")
+    );
     assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
 }
 
@@ -582,38 +692,87 @@ fn chaining_asks_squid_for_the_checked_address_never_the_name() {
     let serve = Serve::start(
         "chain",
         &allow(&["127.0.0.1/32"]),
-        &["--upstream", &format!("http://127.0.0.1:{}", w.squid.open_port)],
+        &[
+            "--upstream",
+            &format!("http://127.0.0.1:{}", w.squid.open_port),
+        ],
     );
     let marker = "/chained-through-squid";
-    let out = run_egress(BIN, "fetch", &[("https_proxy", &serve.proxy())], &[&w.https_origin.url("localhost", marker)]);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stderr), serve.stderr());
+    let out = run_egress(
+        BIN,
+        "fetch",
+        &[("https_proxy", &serve.proxy())],
+        &[&w.https_origin.url("localhost", marker)],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        serve.stderr()
+    );
     let connect = format!("CONNECT 127.0.0.1:{} ", w.https_origin.port);
-    assert_eq!(w.squid.requests(&connect).len(), 1, "{:?}", w.squid.requests("CONNECT"));
-    assert!(w.squid.requests(&format!("localhost:{}", w.https_origin.port)).is_empty());
+    assert_eq!(
+        w.squid.requests(&connect).len(),
+        1,
+        "{:?}",
+        w.squid.requests("CONNECT")
+    );
+    assert!(w
+        .squid
+        .requests(&format!("localhost:{}", w.https_origin.port))
+        .is_empty());
     let record = serve.record(|r| r["target"] == format!("localhost:{}", w.https_origin.port));
-    assert_eq!(record["upstream"], format!("http://127.0.0.1:{}", w.squid.open_port));
+    assert_eq!(
+        record["upstream"],
+        format!("http://127.0.0.1:{}", w.squid.open_port)
+    );
 
     // Forwarded http://: squid gets the address in the URL, the origin the original Host.
     let (head, body) = get_through(&serve, &w.http_origin.url("localhost", "/chained-forward"));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
     assert_eq!(body, "origin http /chained-forward");
-    assert_eq!(w.squid.requests(&format!("GET http://127.0.0.1:{}/chained-forward", w.http_origin.port)).len(), 1);
+    assert_eq!(
+        w.squid
+            .requests(&format!(
+                "GET http://127.0.0.1:{}/chained-forward",
+                w.http_origin.port
+            ))
+            .len(),
+        1
+    );
     // serve sent the original Host with it; squid, as RFC 9112 §3.2.2 asks of
     // a proxy given an absolute-form target, replaced it from the URL.
     let cache_log = std::fs::read_to_string(w.squid_dir().join("cache.log")).unwrap();
     let request = cache_log
         .split("HTTP Client REQUEST:")
-        .find(|block| block.contains(&format!("GET http://127.0.0.1:{}/chained-forward", w.http_origin.port)))
+        .find(|block| {
+            block.contains(&format!(
+                "GET http://127.0.0.1:{}/chained-forward",
+                w.http_origin.port
+            ))
+        })
         .expect("squid logged the request");
-    assert!(request.to_ascii_lowercase().contains(&format!("host: localhost:{}", w.http_origin.port)), "{request}");
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains(&format!("host: localhost:{}", w.http_origin.port)),
+        "{request}"
+    );
     let seen = w.http_origin.seen("/chained-forward");
-    assert!(seen[0].headers["via"].contains("egress"), "{:?}", seen[0].headers);
+    assert!(
+        seen[0].headers["via"].contains("egress"),
+        "{:?}",
+        seen[0].headers
+    );
 
     // Blocked targets never reach squid; squid's own address is exempt, its range is not.
     for target in ["10.9.9.9:443", "127.0.0.2:443"] {
         let (head, _) = tunnel(serve.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
         assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
-        assert!(w.squid.requests(target).is_empty(), "{target} reached squid");
+        assert!(
+            w.squid.requests(target).is_empty(),
+            "{target} reached squid"
+        );
     }
 }
 
@@ -624,66 +783,550 @@ fn a_parent_that_wants_credentials_is_a_502_that_says_so() {
     let serve = Serve::start(
         "chain-auth",
         &allow(&["127.0.0.1/32"]),
-        &["--upstream", &format!("http://{USER}:wrong@127.0.0.1:{}", w.squid.auth_port)],
+        &[
+            "--upstream",
+            &format!("http://{USER}:wrong@127.0.0.1:{}", w.squid.auth_port),
+        ],
     );
-    let (head, body) = raw(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port));
+    let (head, body) = raw(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert!(body.contains("407"), "{body}");
-    assert!(!body.contains("wrong") && !serve.stderr().contains("wrong"), "password shown: {body}");
+    assert!(
+        !body.contains("wrong") && !serve.stderr().contains("wrong"),
+        "password shown: {body}"
+    );
 }
 
 #[test]
 fn client_credentials_from_htpasswd() {
     let echo = Echo::start("127.0.0.1");
     let dir = temp_dir("htpasswd-file");
-    let hash = Command::new("openssl").args(["passwd", "-apr1", "pr0xy-pw"]).output().unwrap();
-    std::fs::write(dir.join("htpasswd"), format!("synapse:{}", String::from_utf8_lossy(&hash.stdout))).unwrap();
-    let serve = Serve::start("htpasswd", &allow(&["127.0.0.1/32"]), &["--htpasswd", dir.join("htpasswd").to_str().unwrap()]);
+    let hash = Command::new("openssl")
+        .args(["passwd", "-apr1", "pr0xy-pw"])
+        .output()
+        .unwrap();
+    std::fs::write(
+        dir.join("htpasswd"),
+        format!("synapse:{}", String::from_utf8_lossy(&hash.stdout)),
+    )
+    .unwrap();
+    let serve = Serve::start(
+        "htpasswd",
+        &allow(&["127.0.0.1/32"]),
+        &["--htpasswd", dir.join("htpasswd").to_str().unwrap()],
+    );
     let url = format!("http://127.0.0.1:{}/authed", echo.port);
     let basic = |user_pass: &str| {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(user_pass)
     };
-    let (head, _) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    let (head, _) = raw(
+        serve.port,
+        &format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
     assert!(head.starts_with("HTTP/1.1 407"), "{head}");
-    assert_eq!(header(&head, "proxy-authenticate"), Some("Basic realm=\"egress\""));
+    assert_eq!(
+        header(&head, "proxy-authenticate"),
+        Some("Basic realm=\"egress\"")
+    );
     let (head, _) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {}\r\nConnection: close\r\n\r\n", basic("synapse:nope")));
     assert!(head.starts_with("HTTP/1.1 407"), "{head}");
     let (head, body) = raw(serve.port, &format!("GET {url} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic {}\r\nConnection: close\r\n\r\n", basic("synapse:pr0xy-pw")));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
-    let (head, _) = tunnel(serve.port, &format!("CONNECT 127.0.0.1:{} HTTP/1.0\r\nProxy-Authorization: Basic {}\r\n\r\n", echo.port, basic("synapse:pr0xy-pw")));
+    let (head, _) = tunnel(
+        serve.port,
+        &format!(
+            "CONNECT 127.0.0.1:{} HTTP/1.0\r\nProxy-Authorization: Basic {}\r\n\r\n",
+            echo.port,
+            basic("synapse:pr0xy-pw")
+        ),
+    );
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     // Only the authenticated forward reached the origin, without the credentials.
     let seen = echo.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(!seen[0].contains_key("proxy-authorization"));
-    assert!(!serve.stderr().contains("pr0xy-pw") && !std::fs::read_to_string(serve.dir.join("log.jsonl")).unwrap().contains("pr0xy-pw"));
+    assert!(
+        !serve.stderr().contains("pr0xy-pw")
+            && !std::fs::read_to_string(serve.dir.join("log.jsonl"))
+                .unwrap()
+                .contains("pr0xy-pw")
+    );
 }
 
 #[test]
 fn check_validates_and_refuses_an_open_proxy() {
     let dir = temp_dir("serve-check");
-    std::fs::write(dir.join("hs.yaml"), "ip_range_blacklist: ['10.0.0.0/8']\nip_range_whitelist: ['10.1.0.0/16']\n").unwrap();
+    std::fs::write(
+        dir.join("hs.yaml"),
+        "ip_range_blacklist: ['10.0.0.0/8']\nip_range_whitelist: ['10.1.0.0/16']\n",
+    )
+    .unwrap();
     let yaml = dir.join("hs.yaml");
     let run = |args: &[&str]| {
-        let out = Command::new(BIN).env_clear().arg("serve").arg("--config").arg(&yaml).args(args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        let out = Command::new(BIN)
+            .env_clear()
+            .arg("serve")
+            .arg("--config")
+            .arg(&yaml)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (code, text) = run(&["--check"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("blocklist ip_range_blacklist (1 ranges, plus 0.0.0.0 and ::): 10.0.0.0/8"), "{text}");
-    assert!(text.contains("allowed through the blocklist: 10.1.0.0/16"), "{text}");
+    assert!(
+        text.contains("blocklist ip_range_blacklist (1 ranges, plus 0.0.0.0 and ::): 10.0.0.0/8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("allowed through the blocklist: 10.1.0.0/16"),
+        "{text}"
+    );
     let (code, text) = run(&["--check", "--listen", "0.0.0.0:3128"]);
     assert_eq!(code, Some(78), "{text}");
-    assert!(text.contains("--listen 0.0.0.0:3128 is not a loopback address") && text.contains("hint: add --htpasswd"), "{text}");
-    assert_eq!(run(&["--check", "--listen", "0.0.0.0:3128", "--allow-open"]).0, Some(0));
+    assert!(
+        text.contains("--listen 0.0.0.0:3128 is not a loopback address")
+            && text.contains("hint: add --htpasswd"),
+        "{text}"
+    );
+    assert_eq!(
+        run(&["--check", "--listen", "0.0.0.0:3128", "--allow-open"]).0,
+        Some(0)
+    );
     // A parent that is serve itself (serve's env carrying the homeserver's proxy).
-    let out = Command::new(BIN).env_clear().env("https_proxy", "http://127.0.0.1:3128").args(["serve", "--check"]).output().unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("https_proxy", "http://127.0.0.1:3128")
+        .args(["serve", "--check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is this server's own listener 127.0.0.1:3128"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("is this server's own listener 127.0.0.1:3128"));
     let (code, text) = run(&["--check", "--upstream", "socks5://u:secretpw@h:1"]);
     assert_eq!(code, Some(78), "{text}");
-    assert!(text.contains("--upstream") && !text.contains("secretpw"), "{text}");
+    assert!(
+        text.contains("--upstream") && !text.contains("secretpw"),
+        "{text}"
+    );
     let (code, text) = run(&["--check", "--listen", "127.0.0.1:1=preview"]);
     assert_eq!(code, Some(2), "{text}");
+}
+
+/// A listener whose accept queue is full: Linux drops further SYNs, so a
+/// connect attempt hangs until the connect limit.
+fn unanswered_port() -> (u16, Vec<TcpStream>, socket_listener::Listener) {
+    let listener = socket_listener::Listener::with_backlog(1);
+    let port = listener.port;
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match TcpStream::connect_timeout(&loopback(port), Duration::from_millis(300)) {
+            Ok(tcp) => queued.push(tcp),
+            Err(_) => return (port, queued, listener),
+        }
+    }
+    panic!("the accept queue of 127.0.0.1:{port} never filled up");
+}
+
+mod socket_listener {
+    /// A bound, listening socket with a given backlog that never accepts.
+    pub struct Listener {
+        pub port: u16,
+        _socket: tokio::net::TcpListener,
+    }
+
+    impl Listener {
+        pub fn with_backlog(backlog: u32) -> Listener {
+            let _guard = super::runtime().enter();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(backlog).unwrap();
+            Listener {
+                port: listener.local_addr().unwrap().port(),
+                _socket: listener,
+            }
+        }
+    }
+}
+
+#[test]
+fn limits_timeouts_and_sizes() {
+    let echo = Echo::start("127.0.0.1");
+    let mut serve = Serve::start(
+        "limits",
+        &allow(&["127.0.0.1/32"]),
+        &[
+            "--max-tunnels-per-client",
+            "2",
+            "--connect-timeout",
+            "700ms",
+            "--head-timeout",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--max-response-bytes",
+            "100000",
+        ],
+    );
+    let open = |port: u16| {
+        tunnel(
+            serve.port,
+            &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n"),
+        )
+    };
+    // Two tunnels per client; the third is a 429 with Retry-After; one closes, room again.
+    let (h1, t1) = open(echo.port);
+    let (h2, t2) = open(echo.port);
+    assert!(
+        h1.starts_with("HTTP/1.1 200") && h2.starts_with("HTTP/1.1 200"),
+        "{h1}{h2}"
+    );
+    let (h3, _) = open(echo.port);
+    assert!(h3.starts_with("HTTP/1.1 429"), "{h3}");
+    assert_eq!(header(&h3, "retry-after"), Some("1"));
+    drop((t1, t2));
+    // Slots come back as serve sees the tunnels close.
+    let open_when_free = |port: u16| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (head, tcp) = open(port);
+            if !head.starts_with("HTTP/1.1 429") {
+                return (head, tcp);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the closed tunnels' slots never came back"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // An idle tunnel is closed by serve after --idle-timeout.
+    let (head, mut idle) = open_when_free(echo.port);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        idle.read(&mut buf).unwrap(),
+        0,
+        "serve closes the idle tunnel"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A target that drops SYNs: 504 after the connect limit.
+    let (port, _queued, _listener) = unanswered_port();
+    let started = Instant::now();
+    let (head, _) = open_when_free(port);
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A slow head is dropped after --head-timeout, a huge one at once.
+    let mut slow = connect(serve.port);
+    slow.write_all(b"CONNECT 127.0.0.1:").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "slow head held {:?}",
+        started.elapsed()
+    );
+    let mut huge = connect(serve.port);
+    let mut request = format!("GET http://127.0.0.1:{}/ HTTP/1.1\r\n", echo.port);
+    for i in 0..2000 {
+        request.push_str(&format!("X-Filler-{i}: {}\r\n", "f".repeat(30)));
+    }
+    request.push_str("\r\n");
+    let _ = huge.write_all(request.as_bytes());
+    let mut answer = String::new();
+    let _ = huge.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert!(
+        echo.seen.lock().unwrap().is_empty(),
+        "the huge head reached the origin"
+    );
+
+    // Forwarded responses: over the limit by Content-Length is a 502; a
+    // streamed one is cut.
+    let mut tcp = connect(serve.port);
+    tcp.write_all(
+        format!(
+            "GET http://127.0.0.1:{}/big?n=50000 HTTP/1.1\r\nHost: x\r\n\r\n",
+            echo.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = BufReader::new(tcp);
+    let head = read_head_buffered(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(read_body(&mut reader, &head).len(), 50_000);
+    let (head, body) = get_through(
+        &serve,
+        &format!("http://127.0.0.1:{}/big?n=300000", echo.port),
+    );
+    // The echo origin streams /big without a Content-Length: serve cuts it.
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.len() < 300_000, "{} bytes came through", body.len());
+    let cut = serve.record(|r| r["target"].as_str().unwrap().ends_with("n=300000"));
+    assert!(
+        cut["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--max-response-bytes 100000"),
+        "{cut}"
+    );
+
+    let metrics = serve.metrics();
+    assert!(
+        metric(
+            &metrics,
+            r#"egress_serve_requests_total{decision="denied",reason="limit"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"egress_serve_requests_total{decision="failed",reason="connect_timeout"}"#
+        ),
+        1,
+        "{metrics}"
+    );
+    serve.signal(libc::SIGTERM);
+    assert!(serve.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn faults_in_a_tunnel_end_it_cleanly() {
+    let echo = Echo::start("127.0.0.1");
+    // An origin that resets every connection after its first bytes arrive.
+    let reset = StdListener::bind("127.0.0.1:0").unwrap();
+    let reset_port = reset.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in reset.incoming() {
+            let Ok(mut tcp) = tcp else { return };
+            let mut buf = [0u8; 16];
+            let _ = tcp.read(&mut buf);
+            // SO_LINGER 0: close sends RST.
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt on a socket this thread owns.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&tcp),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                );
+            }
+        }
+    });
+    let serve = Serve::start("faults", &allow(&["127.0.0.1/32"]), &[]);
+    // Client gone mid-tunnel: serve ends the tunnel and logs it.
+    let (head, mut tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.write_all(b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
+        .unwrap();
+    drop(tcp);
+    let gone = serve.record(|r| r["target"] == format!("127.0.0.1:{}", echo.port));
+    assert_eq!(gone["bytes_up"].as_u64().unwrap(), 61, "{gone}");
+    // Origin reset: the client's side ends too, and serve logs it.
+    let (head, mut tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{reset_port} HTTP/1.1\r\n\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.write_all(b"hello").unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    let record = serve.record(|r| r["target"] == format!("127.0.0.1:{reset_port}"));
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("checked; tunnel"),
+        "{record}"
+    );
+    // Nothing stays open.
+    let deadline = Instant::now() + WAIT;
+    while !serve.metrics().contains("egress_serve_active_tunnels 0") {
+        assert!(Instant::now() < deadline, "{}", serve.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_during_traffic_without_failing_a_request() {
+    let echo = Echo::start("127.0.0.1");
+    let other = Echo::start("127.0.0.3");
+    let serve = Serve::start("reload", &allow(&["127.0.0.1/32", "127.0.0.3/32"]), &[]);
+    let (head, mut held) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = serve.port;
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let url = format!("http://127.0.0.1:{}/load", echo.port);
+            std::thread::spawn(move || {
+                let mut done = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let (head, body) = raw(
+                        port,
+                        &format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                    );
+                    assert!(
+                        head.starts_with("HTTP/1.1 200"),
+                        "a request failed during reloads: {head}{body}"
+                    );
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let reloads = 5;
+    for i in 0..reloads {
+        // The last reload drops 127.0.0.3 from the allowlist.
+        let yaml = if i + 1 == reloads {
+            allow(&["127.0.0.1/32"])
+        } else {
+            allow(&["127.0.0.1/32", "127.0.0.3/32"])
+        };
+        std::fs::write(serve.dir.join("homeserver.yaml"), yaml).unwrap();
+        serve.signal(libc::SIGHUP);
+        let deadline = Instant::now() + WAIT;
+        while !serve
+            .metrics()
+            .contains(&format!("egress_serve_reloads_total {}", i + 1))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "reload {} not seen: {}",
+                i + 1,
+                serve.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let done: usize = load.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(done > 0);
+    // The tunnel opened before the reloads still works.
+    held.write_all(b"GET /still HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The new list applies to new requests.
+    let (head, _) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.3:{} HTTP/1.1\r\n\r\n", other.port),
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // A broken file keeps the previous policy, and says why.
+    std::fs::write(
+        serve.dir.join("homeserver.yaml"),
+        "ip_range_whitelist: [not-a-range]\n",
+    )
+    .unwrap();
+    serve.signal(libc::SIGHUP);
+    let deadline = Instant::now() + WAIT;
+    while !serve
+        .stderr()
+        .contains("reload failed, the previous policy stays")
+    {
+        assert!(Instant::now() < deadline, "{}", serve.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (head, _) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_drains() {
+    let echo = Echo::start("127.0.0.1");
+    let mut serve = Serve::start(
+        "drain",
+        &allow(&["127.0.0.1/32"]),
+        &["--drain-timeout", "20s"],
+    );
+    let (head, mut held) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serve.signal(libc::SIGTERM);
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", serve.port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The open tunnel still works, and serve exits when it closes.
+    held.write_all(b"GET /drained HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    let started = Instant::now();
+    assert!(serve.wait_exit(Duration::from_secs(5)).success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // With a tunnel that stays open, the drain limit ends it.
+    let mut serve = Serve::start(
+        "drain-limit",
+        &allow(&["127.0.0.1/32"]),
+        &["--drain-timeout", "1s"],
+    );
+    let (_, _held) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    serve.signal(libc::SIGTERM);
+    let started = Instant::now();
+    assert!(serve.wait_exit(Duration::from_secs(6)).success());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        serve.stderr().contains("closed at the drain limit"),
+        "{}",
+        serve.stderr()
+    );
 }

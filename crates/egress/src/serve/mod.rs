@@ -3,7 +3,7 @@
 //!
 //! Synapse does not apply its IP blocklist to connections through a proxy;
 //! its documentation expects the proxy to. This is that proxy, built from the
-//! same settings ([`ProxySettings`], read from homeserver.yaml and the
+//! same settings ([`ProxySettings`](crate::ProxySettings), read from homeserver.yaml and the
 //! environment) and the same blocklists as egress's clients.
 //!
 //! * `CONNECT host:port` (HTTP/1.0 without `Host`, as Synapse sends it, or

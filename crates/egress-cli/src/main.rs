@@ -153,14 +153,23 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time();
+        .with_target(false);
+    // A daemon's diagnostics carry the time; a command's do not.
+    if matches!(&cli.command, Command::Serve(_)) {
+        builder.init();
+        return run(cli.command);
+    }
+    let builder = builder.without_time();
     if verbose && std::env::var_os("RUST_LOG").is_none() {
         builder.with_level(false).init();
     } else {
         builder.init();
     }
-    let command = match cli.command {
+    run(cli.command)
+}
+
+fn run(command: Command) -> ExitCode {
+    let command = match command {
         // Pure: no runtime needed.
         Command::Explain(args) => return explain::run(args),
         // Its own multi-threaded runtime.

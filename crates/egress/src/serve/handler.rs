@@ -522,7 +522,11 @@ async fn connect(
                         .up
                         .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                match target.write_all(&early).await {
+                let written = target.write_all(&early).await;
+                // Not kept for the tunnel's life: an empty slice may still
+                // hold hyper's whole read buffer.
+                drop(early);
+                match written {
                     Ok(()) => splice::tcp(client, target, idle, &moved).await,
                     Err(e) => splice::End::Error(e.kind()),
                 }
@@ -530,7 +534,9 @@ async fn connect(
             (Ok(parts), mut target) => {
                 let early = parts.read_buf;
                 let client = parts.io.into_inner();
-                match target.write_all(&early).await {
+                let written = target.write_all(&early).await;
+                drop(early);
+                match written {
                     Ok(()) => splice::streams(client, target, idle, moved.clone()).await,
                     Err(e) => splice::End::Error(e.kind()),
                 }

@@ -4,7 +4,7 @@
 //! Connections are pooled per checked address by hyper-util's client.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,17 +19,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::handler::{text, Active, BoxError, Pending, ServeBody, Unreachable};
+use super::handler::{dial_direct, text, Active, BoxError, Pending, ServeBody, Unreachable};
 use super::limits::Slot;
 use super::log::Decision;
 use super::{ServeConfig, ServePolicy, State, Working};
 use crate::connect::authority;
 use crate::connect::stream::{ConnectedStream, Stream};
 use crate::route::Scheme;
-use crate::{Connector, Error, ProxyUrl, TimeoutStep};
+use crate::{Connector, Error, ProxyUrl};
 
 /// Idle pooled connections kept per checked address.
 const POOL_PER_ADDRESS: usize = 32;
@@ -113,24 +112,7 @@ impl Service<Uri> for Dial {
                     url: uri.to_string(),
                     problem: "serve dials checked addresses only".to_owned(),
                 })?;
-            let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
-            let tcp = match tokio::time::timeout(this.limit, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(source)) => {
-                    return Err(Error::Connect {
-                        target: addr.to_string(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        step: TimeoutStep::Connect,
-                        peer: addr.to_string(),
-                        after: this.limit,
-                    })
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, _) = dial_direct(&[ip], uri.port_u16().unwrap_or(80), this.limit).await?;
             Ok(TokioIo::new(ConnectedStream {
                 stream: Stream::Tcp(tcp),
                 forwarding_proxy: false,

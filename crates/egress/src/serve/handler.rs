@@ -398,7 +398,7 @@ impl Unreachable {
 }
 
 /// Connects to the first checked address that answers, within the limit.
-async fn dial_direct(
+pub(crate) async fn dial_direct(
     addrs: &[IpAddr],
     port: u16,
     limit: Duration,

@@ -546,4 +546,9 @@ fn url_preview_of_a_name_resolving_to_loopback_is_denied_by_serve() {
         "{line}"
     );
     assert_eq!(evil_connections(s), 0);
+
+    // The count is not blind: a connection made directly is counted.
+    let direct = TcpStream::connect((EVIL_IP, s.evil_port)).unwrap();
+    assert_eq!(evil_connections(s), 1);
+    drop(direct);
 }

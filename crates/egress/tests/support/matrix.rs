@@ -114,25 +114,7 @@ fn start_synapse(
     cert: &str,
     key: &str,
 ) -> Synapse {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "synapse.app.homeserver",
-            "--server-name",
-            server_name,
-            "--config-path",
-        ])
-        .arg(dir.join("homeserver.yaml"))
-        .args(["--generate-config", "--report-stats=no"])
-        .current_dir(dir)
-        .output()
-        .expect("synapse generates its config");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generate_config(venv, dir, server_name);
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
     let (plain_port, tls_port) = (free_port(), free_port());
@@ -155,6 +137,46 @@ fn start_synapse(
          rc_federation: {{window_size: 1000, sleep_limit: 1000, reject_limit: 1000, concurrent: 100}}\n"
     );
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+    let (mut child, log) = run_synapse(venv, dir, &[]);
+    wait_for_port(&mut child, plain_port, "synapse", &log);
+    wait_for_port(&mut child, tls_port, "synapse", &log);
+    Synapse {
+        plain_port,
+        tls_port,
+        child,
+    }
+}
+
+/// `synapse.app.homeserver --generate-config` for `server_name` in `dir`.
+fn generate_config(venv: &std::path::Path, dir: &std::path::Path, server_name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "synapse.app.homeserver",
+            "--server-name",
+            server_name,
+            "--config-path",
+        ])
+        .arg(dir.join("homeserver.yaml"))
+        .args(["--generate-config", "--report-stats=no"])
+        .current_dir(dir)
+        .output()
+        .expect("synapse generates its config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts Synapse with `dir`'s homeserver.yaml and extra.yaml, only PATH and
+/// `env` in its environment, its output in `dir`/synapse.out (returned).
+fn run_synapse(
+    venv: &std::path::Path,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
     let log = dir.join("synapse.out");
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(venv.join("bin/python"));
@@ -165,16 +187,63 @@ fn start_synapse(
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
-    let mut child = spawn(cmd);
-    wait_for_port(&mut child, plain_port, "synapse", &log);
-    wait_for_port(&mut child, tls_port, "synapse", &log);
-    Synapse {
-        plain_port,
-        tls_port,
+    (spawn(cmd), log)
+}
+
+/// A Synapse of a test's own, beside the federation world (which it does not start).
+pub struct ExtraSynapse {
+    /// Its plain listener on 127.0.0.1 (client, federation, keys, media).
+    pub port: u16,
+    /// Its config folder (homeserver.yaml, extra.yaml, signing key, homeserver.log).
+    pub dir: PathBuf,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+    pub child: Child,
+}
+
+/// Generates a config for `server_name` in `dir` and starts Synapse with one
+/// plain listener on 127.0.0.1:`port` (client, federation, keys, media), the
+/// world's registration secret and relaxed rate limits, then `extra_yaml`
+/// (more top-level keys), with only PATH and `env` in its environment.
+/// Waits up to 20 s for the listener.
+pub fn start_extra_synapse(
+    dir: &std::path::Path,
+    server_name: &str,
+    port: u16,
+    extra_yaml: &str,
+    env: &[(&str, &str)],
+) -> ExtraSynapse {
+    let venv = venv();
+    generate_config(&venv, dir, server_name);
+    let extra = format!(
+        "listeners:\n\
+         \x20 - {{port: {port}, tls: false, type: http, bind_addresses: ['127.0.0.1'], resources: [{{names: [client, federation, keys, media]}}]}}\n\
+         trusted_key_servers: []\n\
+         suppress_key_server_warning: true\n\
+         registration_shared_secret: egress-test-shared-secret\n\
+         rc_login: {{address: {{per_second: 1000, burst_count: 1000}}, account: {{per_second: 1000, burst_count: 1000}}}}\n\
+         rc_registration: {{per_second: 1000, burst_count: 1000}}\n\
+         rc_federation: {{window_size: 1000, sleep_limit: 1000, reject_limit: 1000, concurrent: 100}}\n\
+         {extra_yaml}"
+    );
+    std::fs::write(dir.join("extra.yaml"), extra).unwrap();
+    let (mut child, log) = run_synapse(&venv, dir, env);
+    wait_for_port(&mut child, port, "synapse", &log);
+    ExtraSynapse {
+        port,
+        dir: dir.to_owned(),
+        log,
         child,
     }
+}
+
+/// Registers SYNAPSE_USER on the Synapse at 127.0.0.1:`port` (started by
+/// `start_extra_synapse`) and logs in: its access token.
+pub fn register_user(port: u16) -> String {
+    register_and_login(&venv(), port)
 }
 
 fn start() -> Matrix {

@@ -221,21 +221,24 @@ pub fn free_port() -> u16 {
 }
 
 pub fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
+    wait_for_addr(child, loopback(port), what, log);
+}
+
+/// Waits up to 20 s until `child` accepts connections on `addr`.
+pub fn wait_for_addr(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!(
-                "{what} exited ({status}) before listening on 127.0.0.1:{port}; its log:\n{log}"
-            );
+            panic!("{what} exited ({status}) before listening on {addr}; its log:\n{log}");
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect(addr).is_ok() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not listen on 127.0.0.1:{port} within 20 s; its log:\n{log}");
+    panic!("{what} did not listen on {addr} within 20 s; its log:\n{log}");
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -629,11 +632,16 @@ pub struct Stunnel {
 
 impl Stunnel {
     pub fn start(name: &str, cert_and_key: &Path, backend: u16) -> Stunnel {
+        Stunnel::start_on(name, cert_and_key, loopback(free_port()), backend)
+    }
+
+    /// TLS on `accept` (any loopback address) in front of 127.0.0.1:`backend`.
+    pub fn start_on(name: &str, cert_and_key: &Path, accept: SocketAddr, backend: u16) -> Stunnel {
         let stunnel = require("stunnel4");
         let dir = temp_dir(&format!("stunnel-{name}"));
-        let port = free_port();
+        let port = accept.port();
         let conf = format!(
-            "foreground = yes\npid =\n[{name}]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend}\ncert = {}\n",
+            "foreground = yes\npid =\n[{name}]\naccept = {accept}\nconnect = 127.0.0.1:{backend}\ncert = {}\n",
             cert_and_key.display()
         );
         std::fs::write(dir.join("stunnel.conf"), conf).unwrap();
@@ -643,7 +651,7 @@ impl Stunnel {
         cmd.arg(dir.join("stunnel.conf"));
         cmd.stdout(out.try_clone().unwrap()).stderr(out);
         let mut child = spawn(cmd);
-        wait_for_port(&mut child, port, "stunnel", &log);
+        wait_for_addr(&mut child, accept, "stunnel", &log);
         Stunnel {
             port,
             _child: child,

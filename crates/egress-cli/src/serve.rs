@@ -23,17 +23,15 @@ use crate::{exit, ConfigArgs};
 /// the allowlist holes and the IPv4-mapped, compatible and 6to4 forms), and
 /// connects to exactly the address it checked.
 ///
-/// Point the homeserver at it with https_proxy / http_proxy (and keep its
-/// no_proxy for workers and local services):
+/// Point the homeserver at it: give the homeserver https_proxy and
+/// http_proxy set to http://127.0.0.1:3128 (and keep its no_proxy for workers
+/// and local services), and run serve with the same homeserver.yaml.
 ///
-///   egress serve --config /etc/matrix-synapse/homeserver.yaml
-///   https_proxy=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128 synctl start
-///
-/// One JSON line per request goes to stdout; diagnostics go to stderr
-/// (RUST_LOG=debug for more). SIGHUP reloads homeserver.yaml, the htpasswd
-/// file and the environment's proxy settings without closing open tunnels;
-/// SIGTERM or SIGINT stops accepting and lets in-flight work finish (up to
-/// --drain-timeout).
+/// One JSON line per request goes to stdout (a tunnel's line when it
+/// closes); diagnostics go to stderr (RUST_LOG=debug for more). SIGHUP
+/// re-reads homeserver.yaml and the htpasswd file without closing open
+/// tunnels (listeners, limits and flags stay as started); SIGTERM or SIGINT
+/// stops accepting and lets in-flight work finish (up to --drain-timeout).
 ///
 /// Answers: 403 with X-Egress-Denied when refused ("10.0.0.5 is in
 /// 10.0.0.0/8 of ip_range_blacklist"), 407 without valid credentials, 429
@@ -62,6 +60,12 @@ pub struct Args {
     /// parent is asked for the checked address, never the name.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
+
+    /// Connect to every target directly: ignore http_proxy / https_proxy from
+    /// the environment and homeserver.yaml (they are often meant for the
+    /// homeserver, pointing at serve itself).
+    #[arg(long, conflicts_with = "upstream")]
+    direct: bool,
 
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -176,6 +180,7 @@ impl Args {
             .map_err(|e| e.to_string())?;
         Ok(ServePolicy::new(settings)
             .upstream(upstream)
+            .direct(self.direct)
             .allow_domains(&self.allow_domain)
             .deny_domains(&self.deny_domain)
             .credentials(users))
@@ -302,7 +307,8 @@ fn hint(err: &ServeError) -> &'static str {
         }
         ServeError::UpstreamIsSelf { .. } => {
             "\nhint: serve reads http_proxy / https_proxy too; unset them in serve's environment \
-             (they are meant for the homeserver) or give the real parent with --upstream"
+             (they are meant for the homeserver), pass --direct, or give the real parent with \
+             --upstream"
         }
         _ => "",
     }

@@ -912,6 +912,22 @@ fn check_validates_and_refuses_an_open_proxy() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("is this server's own listener 127.0.0.1:3128"));
+    // Spelled as a name or a short form, it is still serve; --direct ignores it.
+    for spelling in ["http://localhost:3128", "http://127.1:3128"] {
+        let check = |extra: &[&str]| {
+            Command::new(BIN)
+                .env_clear()
+                .env("https_proxy", spelling)
+                .args(["serve", "--check"])
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(check(&[]).status.code(), Some(78), "{spelling}");
+        let out = check(&["--direct"]);
+        assert_eq!(out.status.code(), Some(0), "{spelling}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("parent proxy: none (--direct)"));
+    }
     let (code, text) = run(&["--check", "--upstream", "socks5://u:secretpw@h:1"]);
     assert_eq!(code, Some(78), "{text}");
     assert!(

@@ -59,10 +59,11 @@ impl ForwardClient {
                 .build(dial)
         };
         let limit = config.connect_timeout;
-        let parent_url = policy
-            .upstream
-            .clone()
-            .or_else(|| policy.settings.http_proxy().cloned());
+        let parent_url = match (&policy.upstream, policy.direct) {
+            (Some(upstream), _) => Some(upstream.clone()),
+            (None, true) => None,
+            (None, false) => policy.settings.http_proxy().cloned(),
+        };
         ForwardClient {
             direct: build(Dial {
                 parent: None,

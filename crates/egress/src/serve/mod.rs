@@ -346,25 +346,17 @@ fn check_policy(
             return Err(ServeError::OpenProxy { addr: open.addr });
         }
     }
-    // A parent that is this server would loop every request.
-    let parents = [
-        (policy.upstream.as_ref(), "--upstream"),
-        (policy.settings.http_proxy(), "http_proxy"),
-        (policy.settings.https_proxy(), "https_proxy"),
-    ];
-    for (parent, key) in parents {
-        let Some(parent) = parent else { continue };
-        if key != "--upstream" && policy.upstream.is_some() {
-            continue;
-        }
+    // A parent that is this server would loop every request. Names are
+    // resolved here (at start and on reload) to catch `localhost`, `127.1`
+    // and names for serve's own address.
+    for (parent, key) in policy.parents() {
         let host = parent.host().to_string();
         let host = crate::proxy_url::unbracket(&host);
         let parent_ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
-            Err(_) if host.eq_ignore_ascii_case("localhost") => {
-                vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()]
-            }
-            Err(_) => continue,
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, parent.port()))
+                .map(|addrs| addrs.map(|a| a.ip()).collect())
+                .unwrap_or_default(),
         };
         for listen in listens {
             let same_ip = parent_ips

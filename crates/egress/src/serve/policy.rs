@@ -19,6 +19,8 @@ use crate::{Blocked, Blocklist, BlocklistKind, ProxySettings, ProxyUrl};
 pub struct ServePolicy {
     pub(crate) settings: Arc<ProxySettings>,
     pub(crate) upstream: Option<ProxyUrl>,
+    /// Ignore the settings' proxies (`--direct`).
+    pub(crate) direct: bool,
     pub(crate) allow_domains: Vec<Glob>,
     pub(crate) deny_domains: Vec<Glob>,
     pub(crate) users: Option<Htpasswd>,
@@ -94,6 +96,7 @@ impl ServePolicy {
         ServePolicy {
             settings: settings.into(),
             upstream: None,
+            direct: false,
             allow_domains: Vec::new(),
             deny_domains: Vec::new(),
             users: None,
@@ -105,6 +108,32 @@ impl ServePolicy {
     pub fn upstream(mut self, upstream: Option<ProxyUrl>) -> ServePolicy {
         self.upstream = upstream;
         self
+    }
+
+    /// Connect to targets directly, ignoring the settings' `http_proxy` and
+    /// `https_proxy` (`--direct`); an [`upstream`](ServePolicy::upstream)
+    /// still applies.
+    pub fn direct(mut self, direct: bool) -> ServePolicy {
+        self.direct = direct;
+        self
+    }
+
+    /// The parent proxies in force, with the setting each comes from.
+    pub(crate) fn parents(&self) -> Vec<(&ProxyUrl, &'static str)> {
+        if let Some(upstream) = &self.upstream {
+            return vec![(upstream, "--upstream")];
+        }
+        if self.direct {
+            return Vec::new();
+        }
+        let mut parents = Vec::new();
+        if let Some(p) = self.settings.http_proxy() {
+            parents.push((p, "http_proxy"));
+        }
+        if let Some(p) = self.settings.https_proxy() {
+            parents.push((p, "https_proxy"));
+        }
+        parents
     }
 
     /// Only names matching one of these globs are served (`--allow-domain`).
@@ -187,6 +216,7 @@ impl ServePolicy {
     ) -> Option<(&ProxyUrl, &'static str)> {
         let (proxy, key) = match &self.upstream {
             Some(upstream) => (upstream, "--upstream"),
+            None if self.direct => return None,
             None => match scheme {
                 Scheme::Http => (self.settings.http_proxy()?, "http_proxy"),
                 Scheme::Https => (self.settings.https_proxy()?, "https_proxy"),
@@ -247,6 +277,9 @@ impl ServePolicy {
         match &self.upstream {
             Some(upstream) => {
                 let _ = writeln!(out, "parent proxy (--upstream): {upstream}");
+            }
+            None if self.direct => {
+                let _ = writeln!(out, "parent proxy: none (--direct)");
             }
             None => {
                 for (key, proxy) in [

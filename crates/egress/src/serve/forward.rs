@@ -31,7 +31,7 @@ use crate::route::Scheme;
 use crate::{Connector, Error, ProxyUrl};
 
 /// Idle pooled connections kept per checked address.
-const POOL_PER_ADDRESS: usize = 32;
+const POOL_PER_ADDRESS: usize = 128;
 /// Idle pooled connections are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use std::io::Write as _;
 
 use crate::BlocklistKind;
 
@@ -63,24 +63,40 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    /// The record as one JSON object.
+    /// The record as one JSON object (written field by field: this runs
+    /// once per request).
     pub fn to_json(&self) -> String {
-        json!({
-            "time": rfc3339(self.time),
-            "client": self.client.to_string(),
-            "policy": super::policy_name(self.policy),
-            "method": self.method,
-            "target": self.target,
-            "resolved": self.resolved.map(|a| a.to_string()),
-            "decision": self.decision.as_str(),
-            "reason": self.reason,
-            "upstream": self.upstream,
-            "status": self.status,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "duration_ms": (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        })
-        .to_string()
+        let mut out = Vec::with_capacity(384);
+        let string = |out: &mut Vec<u8>, key: &str, value: &str| {
+            out.extend_from_slice(b"\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut *out, value).expect("writing to a Vec");
+            out.push(b',');
+        };
+        out.push(b'{');
+        string(&mut out, "time", &rfc3339(self.time));
+        string(&mut out, "client", &self.client.to_string());
+        string(&mut out, "policy", super::policy_name(self.policy));
+        string(&mut out, "method", &self.method);
+        string(&mut out, "target", &self.target);
+        match self.resolved {
+            Some(addr) => string(&mut out, "resolved", &addr.to_string()),
+            None => out.extend_from_slice(b"\"resolved\":null,"),
+        }
+        string(&mut out, "decision", self.decision.as_str());
+        string(&mut out, "reason", &self.reason);
+        match &self.upstream {
+            Some(upstream) => string(&mut out, "upstream", upstream),
+            None => out.extend_from_slice(b"\"upstream\":null,"),
+        }
+        let millis = (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        let _ = write!(
+            out,
+            "\"status\":{},\"bytes_up\":{},\"bytes_down\":{},\"duration_ms\":{}}}",
+            self.status, self.bytes_up, self.bytes_down, millis
+        );
+        String::from_utf8(out).expect("JSON is UTF-8")
     }
 }
 
@@ -111,6 +127,37 @@ fn rfc3339(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_one_json_object_with_every_field() {
+        let record = RequestLog {
+            time: UNIX_EPOCH,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            policy: BlocklistKind::UrlPreview,
+            method: "GET".into(),
+            target: "http://x.test/\"quoted\"\n".into(),
+            resolved: None,
+            decision: Decision::Denied,
+            reason: "10.0.0.5 is in 10.0.0.0/8 of ip_range_blacklist".into(),
+            upstream: Some("http://corp:8080".into()),
+            status: 403,
+            bytes_up: 1,
+            bytes_down: 2,
+            duration: Duration::from_micros(1500),
+        };
+        let value: serde_json::Value = serde_json::from_str(&record.to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "time": "1970-01-01T00:00:00.000Z", "client": "127.0.0.1:5000",
+                "policy": "url_preview", "method": "GET", "target": "http://x.test/\"quoted\"\n",
+                "resolved": null, "decision": "denied",
+                "reason": "10.0.0.5 is in 10.0.0.0/8 of ip_range_blacklist",
+                "upstream": "http://corp:8080", "status": 403, "bytes_up": 1, "bytes_down": 2,
+                "duration_ms": 1.5,
+            })
+        );
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {

@@ -54,6 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
 pub use self::auth::Htpasswd;
+pub use self::dns::{SYSTEM_CACHE_ENTRIES, SYSTEM_CACHE_TTL};
 pub use self::log::{Decision, RequestLog};
 pub use self::policy::{policy_name, ServePolicy};
 

@@ -6,8 +6,12 @@
 //!                     [--proxy URL] --url URL --ca FILE [--max-seconds S]
 //! egress-bench idle   --impl egress|reqwest --proxy URL --url-base https://localhost
 //!                     --first-port P --origins 100 --per-origin 100 --ca FILE
-//!                     [--proxy-port N]
+//!                     [--proxy-port N] [--hold stdin]
 //! ```
+//!
+//! With `--hold stdin`, `idle` prints its JSON line as soon as the tunnels are
+//! open and idle, then keeps them open until its stdin reaches end of file
+//! (the harness measures the proxy's memory meanwhile).
 //!
 //! Both print one JSON object on stdout. Scenarios: 1 `http://` through the
 //! proxy (forward, keep-alive), 2 `https://` through CONNECT with pooled
@@ -390,7 +394,7 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         Impl::Reqwest(_) => None,
     };
     let open = if proxy_port > 0 { Some(established_to(proxy_port)) } else { None };
-    Ok(serde_json::json!({
+    let result = serde_json::json!({
         "impl": name,
         "origins": origins,
         "per_origin": per_origin,
@@ -403,7 +407,20 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         "max_rss_kb": vm_hwm_kb(),
         "idle_pooled": idle_pooled,
         "tunnels_open": open,
-    }))
+    });
+    if opts.get("hold").map(String::as_str) == Some("stdin") {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{result}")?;
+        stdout.flush()?;
+        // The tunnels stay in the pool (the client is alive) until stdin closes.
+        tokio::task::spawn_blocking(|| {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        })
+        .await?;
+        drop(client);
+    }
+    Ok(result)
 }
 
 /// `spawn -- CMD ARGS...`: runs CMD (curl), waits for it with `wait4` and

@@ -219,9 +219,27 @@ impl Impl {
 
     /// GET `url`, read the whole body; the status must be 200.
     async fn get(&self, url: &str) -> Result<usize, BoxError> {
+        self.get_together(url, None).await
+    }
+
+    /// As `get`, but with `together`, the body is read only once every
+    /// request of the barrier has its response head (or after 10 s): the
+    /// connections are all checked out at once, so none is reused by a
+    /// request that started late and each request opens a tunnel of its own.
+    async fn get_together(
+        &self,
+        url: &str,
+        together: Option<&tokio::sync::Barrier>,
+    ) -> Result<usize, BoxError> {
+        let wait = || async {
+            if let Some(barrier) = together {
+                let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+            }
+        };
         match self {
             Impl::Egress(client, _) => {
                 let response = client.get(url).await?;
+                wait().await;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
                 if status != 200 {
@@ -231,6 +249,7 @@ impl Impl {
             }
             Impl::Reqwest(client) => {
                 let response = client.get(url).send().await?;
+                wait().await;
                 let status = response.status();
                 let body = response.bytes().await?;
                 if status != 200 {
@@ -362,10 +381,15 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         let url = format!("{base}:{}/", first_port + o);
         // All requests of an origin in flight at once: each needs its own tunnel.
         let mut tasks = tokio::task::JoinSet::new();
+        let together = Arc::new(tokio::sync::Barrier::new(per_origin));
         for _ in 0..per_origin {
-            let (client, url) = (client.clone(), url.clone());
+            let (client, url, together) = (client.clone(), url.clone(), together.clone());
             tasks.spawn(async move {
-                tokio::time::timeout_at(deadline.into(), client.get(&url)).await
+                tokio::time::timeout_at(
+                    deadline.into(),
+                    client.get_together(&url, Some(&together)),
+                )
+                .await
             });
         }
         while let Some(r) = tasks.join_next().await {

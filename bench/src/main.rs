@@ -6,8 +6,12 @@
 //!                     [--proxy URL] --url URL --ca FILE [--max-seconds S]
 //! egress-bench idle   --impl egress|reqwest --proxy URL --url-base https://localhost
 //!                     --first-port P --origins 100 --per-origin 100 --ca FILE
-//!                     [--proxy-port N]
+//!                     [--proxy-port N] [--hold stdin]
 //! ```
+//!
+//! With `--hold stdin`, `idle` prints its JSON line as soon as the tunnels are
+//! open and idle, then keeps them open until its stdin reaches end of file
+//! (the harness measures the proxy's memory meanwhile).
 //!
 //! Both print one JSON object on stdout. Scenarios: 1 `http://` through the
 //! proxy (forward, keep-alive), 2 `https://` through CONNECT with pooled
@@ -215,9 +219,27 @@ impl Impl {
 
     /// GET `url`, read the whole body; the status must be 200.
     async fn get(&self, url: &str) -> Result<usize, BoxError> {
+        self.get_together(url, None).await
+    }
+
+    /// As `get`, but with `together`, the body is read only once every
+    /// request of the barrier has its response head (or after 10 s): the
+    /// connections are all checked out at once, so none is reused by a
+    /// request that started late and each request opens a tunnel of its own.
+    async fn get_together(
+        &self,
+        url: &str,
+        together: Option<&tokio::sync::Barrier>,
+    ) -> Result<usize, BoxError> {
+        let wait = || async {
+            if let Some(barrier) = together {
+                let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+            }
+        };
         match self {
             Impl::Egress(client, _) => {
                 let response = client.get(url).await?;
+                wait().await;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
                 if status != 200 {
@@ -227,6 +249,7 @@ impl Impl {
             }
             Impl::Reqwest(client) => {
                 let response = client.get(url).send().await?;
+                wait().await;
                 let status = response.status();
                 let body = response.bytes().await?;
                 if status != 200 {
@@ -358,10 +381,15 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         let url = format!("{base}:{}/", first_port + o);
         // All requests of an origin in flight at once: each needs its own tunnel.
         let mut tasks = tokio::task::JoinSet::new();
+        let together = Arc::new(tokio::sync::Barrier::new(per_origin));
         for _ in 0..per_origin {
-            let (client, url) = (client.clone(), url.clone());
+            let (client, url, together) = (client.clone(), url.clone(), together.clone());
             tasks.spawn(async move {
-                tokio::time::timeout_at(deadline.into(), client.get(&url)).await
+                tokio::time::timeout_at(
+                    deadline.into(),
+                    client.get_together(&url, Some(&together)),
+                )
+                .await
             });
         }
         while let Some(r) = tasks.join_next().await {
@@ -390,7 +418,7 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         Impl::Reqwest(_) => None,
     };
     let open = if proxy_port > 0 { Some(established_to(proxy_port)) } else { None };
-    Ok(serde_json::json!({
+    let result = serde_json::json!({
         "impl": name,
         "origins": origins,
         "per_origin": per_origin,
@@ -403,7 +431,20 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         "max_rss_kb": vm_hwm_kb(),
         "idle_pooled": idle_pooled,
         "tunnels_open": open,
-    }))
+    });
+    if opts.get("hold").map(String::as_str) == Some("stdin") {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{result}")?;
+        stdout.flush()?;
+        // The tunnels stay in the pool (the client is alive) until stdin closes.
+        tokio::task::spawn_blocking(|| {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        })
+        .await?;
+        drop(client);
+    }
+    Ok(result)
 }
 
 /// `spawn -- CMD ARGS...`: runs CMD (curl), waits for it with `wait4` and

@@ -73,18 +73,7 @@ struct Setup {
 
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Result<Setup, String>> = OnceLock::new();
-    let started = SETUP.get_or_init(|| {
-        std::thread::spawn(start).join().map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match started {
-        Ok(s) => s,
-        Err(why) => panic!("Synapse, serve and their helpers did not start: {why}"),
-    }
+    start_once(&SETUP, start, "Synapse, serve and their helpers")
 }
 
 /// A port free on `ip` (any loopback address).

@@ -83,18 +83,7 @@ fn venv() -> PathBuf {
 /// The federation world, started once; if it cannot start, every test says why.
 pub fn matrix() -> &'static Matrix {
     static MATRIX: OnceLock<Result<Matrix, String>> = OnceLock::new();
-    let started = MATRIX.get_or_init(|| {
-        std::thread::spawn(start).join().map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match started {
-        Ok(m) => m,
-        Err(why) => panic!("the federation test world did not start: {why}"),
-    }
+    start_once(&MATRIX, start, "the federation test world")
 }
 
 /// A running Synapse: its plain port (client API, and behind stunnel) and

@@ -212,6 +212,27 @@ pub fn require(binary: &str) -> PathBuf {
     );
 }
 
+/// Starts a fixture once (on a thread of its own, so a panic inside is
+/// caught); every later caller gets it, or the same panic with why it failed.
+pub fn start_once<T: Send + Sync>(
+    cell: &'static OnceLock<Result<T, String>>,
+    start: fn() -> T,
+    what: &str,
+) -> &'static T {
+    let started = cell.get_or_init(|| {
+        std::thread::spawn(start).join().map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match started {
+        Ok(fixture) => fixture,
+        Err(why) => panic!("{what} did not start: {why}"),
+    }
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()

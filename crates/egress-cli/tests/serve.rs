@@ -302,20 +302,10 @@ fn dnsmasq(name: &str, hosts: &str) -> (u16, Child) {
     let dir = temp_dir(&format!("dnsmasq-{name}"));
     std::fs::write(dir.join("hosts"), hosts).unwrap();
     let port = free_port();
-    let mut cmd = Command::new(require("dnsmasq"));
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        "--user=",
-        "--pid-file=",
-    ])
-    .arg(format!("--port={port}"))
-    .arg(format!("--addn-hosts={}", dir.join("hosts").display()))
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(dir.join("out.log")).unwrap());
+    let mut cmd = dnsmasq_command(&dir, port);
+    cmd.arg(format!("--addn-hosts={}", dir.join("hosts").display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("out.log")).unwrap());
     let child = spawn(cmd);
     // dnsmasq listens on UDP (and TCP): wait for the TCP side.
     let deadline = Instant::now() + WAIT;

@@ -104,22 +104,12 @@ fn start() -> Setup {
 
     // serve's resolver.
     let dns_port = free_port();
-    let dns_conf = dir.join("dnsmasq.conf");
-    std::fs::write(&dns_conf, "# egress tests: options on the command line\n").unwrap();
-    let mut cmd = Command::new(require("dnsmasq"));
-    cmd.arg(format!("--conf-file={}", dns_conf.display()))
-        .args([
-            "--no-daemon",
-            &format!("--port={dns_port}"),
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            &format!("--address=/hs-b.test/{B_IP}"),
-            &format!("--address=/evil.test/{EVIL_IP}"),
-            &format!("--address=/good.test/{GOOD_IP}"),
-        ]);
+    let mut cmd = dnsmasq_command(&dir, dns_port);
+    cmd.args([
+        &format!("--address=/hs-b.test/{B_IP}"),
+        &format!("--address=/evil.test/{EVIL_IP}"),
+        &format!("--address=/good.test/{GOOD_IP}"),
+    ]);
     let dns_log = dir.join("dnsmasq.out");
     let file = std::fs::File::create(&dns_log).unwrap();
     cmd.stdout(file.try_clone().unwrap()).stderr(file);

@@ -264,21 +264,8 @@ fn start() -> Matrix {
 
     // dnsmasq for SRV.
     let dns_port = free_port();
-    let dnsmasq = require("dnsmasq");
-    // The options are all on the command line; the (empty) config file puts
-    // the test folder in it, which is how scripts/test finds leftovers.
-    let dns_conf = dir.join("dnsmasq.conf");
-    std::fs::write(&dns_conf, "# egress tests: options on the command line\n").unwrap();
-    let mut cmd = Command::new(dnsmasq);
-    cmd.arg(format!("--conf-file={}", dns_conf.display()));
+    let mut cmd = dnsmasq_command(&dir, dns_port);
     cmd.args([
-        "--no-daemon",
-        &format!("--port={dns_port}"),
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
         &format!(
             "--srv-host=_matrix-fed._tcp.hs1.test,hs1.test,{},10,5",
             hs1.tls_port

@@ -212,6 +212,27 @@ pub fn require(binary: &str) -> PathBuf {
     );
 }
 
+/// dnsmasq on 127.0.0.1:`port` with the options every test uses (no
+/// upstream, no /etc/hosts, foreground); the caller adds its records. The
+/// options are all on the command line; an empty config file in `dir` puts
+/// the test folder in the command line, which is how scripts/leftovers finds
+/// a dnsmasq that outlived its test.
+pub fn dnsmasq_command(dir: &Path, port: u16) -> Command {
+    let conf = dir.join("dnsmasq.conf");
+    std::fs::write(&conf, "# egress tests: options on the command line\n").unwrap();
+    let mut cmd = Command::new(require("dnsmasq"));
+    cmd.arg(format!("--conf-file={}", conf.display())).args([
+        "--no-daemon",
+        &format!("--port={port}"),
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+    ]);
+    cmd
+}
+
 /// Starts a fixture once (on a thread of its own, so a panic inside is
 /// caught); every later caller gets it, or the same panic with why it failed.
 pub fn start_once<T: Send + Sync>(

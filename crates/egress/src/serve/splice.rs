@@ -89,11 +89,23 @@ pub(crate) async fn tcp(
     let clock = Clock {
         start: Instant::now(),
     };
-    let (client_read, mut client_write) = client.split();
-    let (target_read, mut target_write) = target.split();
+    let (mut client_read, mut client_write) = client.split();
+    let (mut target_read, mut target_write) = target.split();
     let both = async {
-        let up = pump(&client_read, &mut target_write, &moved.up, &clock, moved);
-        let down = pump(&target_read, &mut client_write, &moved.down, &clock, moved);
+        let up = pump(
+            &mut client_read,
+            &mut target_write,
+            &moved.up,
+            &clock,
+            moved,
+        );
+        let down = pump(
+            &mut target_read,
+            &mut client_write,
+            &moved.down,
+            &clock,
+            moved,
+        );
         tokio::try_join!(up, down)
     };
     tokio::select! {
@@ -107,20 +119,18 @@ pub(crate) async fn tcp(
 
 /// One direction: until end of file (then the write side is shut down).
 async fn pump(
-    from: &ReadHalf<'_>,
+    from: &mut ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
     count: &AtomicU64,
     clock: &Clock,
     moved: &Moved,
 ) -> io::Result<()> {
     loop {
-        from.readable().await?;
-        match transfer(from, to)? {
+        match std::future::poll_fn(|cx| transfer(cx, from, to)).await? {
             Step::Eof => {
                 to.shutdown().await?;
                 return Ok(());
             }
-            Step::NotReady => continue,
             Step::Moved(n) => {
                 count.fetch_add(n as u64, Ordering::Relaxed);
                 clock.touch(moved);
@@ -136,35 +146,45 @@ async fn pump(
 
 enum Step {
     Eof,
-    NotReady,
     Moved(usize),
     /// Read `usize` bytes; the other side did not take this part yet.
     Partial(Vec<u8>, usize),
 }
 
 /// One read into a stack buffer and as much of a write as the other side
-/// takes now. Synchronous, so the buffer is not part of the task.
-fn transfer(from: &ReadHalf<'_>, to: &WriteHalf<'_>) -> io::Result<Step> {
-    let mut buf = [0u8; CHUNK];
-    let n = match from.try_read(&mut buf) {
-        Ok(0) => return Ok(Step::Eof),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::NotReady),
-        Err(e) => return Err(e),
-    };
+/// takes now. The buffer lives only for this call, so it is not part of the
+/// task. The read goes through `poll_read`, which registers the task's waker
+/// and, after a short read, clears the socket's readiness: the next turn
+/// waits for the kernel instead of paying a read that would block.
+fn transfer(
+    cx: &mut Context<'_>,
+    from: &mut ReadHalf<'_>,
+    to: &WriteHalf<'_>,
+) -> Poll<io::Result<Step>> {
+    let mut storage = [0u8; CHUNK];
+    let mut buf = ReadBuf::new(&mut storage);
+    match Pin::new(from).poll_read(cx, &mut buf) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Ready(Ok(())) => {}
+    }
+    let n = buf.filled().len();
+    if n == 0 {
+        return Poll::Ready(Ok(Step::Eof));
+    }
     let mut written = 0;
     while written < n {
-        match to.try_write(&buf[written..n]) {
+        match to.try_write(&storage[written..n]) {
             Ok(k) => written += k,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
-    if written == n {
-        Ok(Step::Moved(n))
+    Poll::Ready(Ok(if written == n {
+        Step::Moved(n)
     } else {
-        Ok(Step::Partial(buf[written..n].to_vec(), n))
-    }
+        Step::Partial(storage[written..n].to_vec(), n)
+    }))
 }
 
 /// Copies between any two streams (TLS to a parent proxy), with the same

@@ -7,6 +7,7 @@ mod explain;
 mod federation;
 mod fetch;
 mod fetch_reqwest;
+mod log_writer;
 mod serve;
 
 use std::path::PathBuf;

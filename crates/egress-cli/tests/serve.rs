@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener as StdListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +39,23 @@ impl Serve {
     }
 
     fn start_env(name: &str, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        Serve::launch(name, yaml, args, env, None)
+    }
+
+    /// With stdout a pipe the test holds (and may never read).
+    fn start_piped(name: &str, yaml: &str, args: &[&str]) -> (Serve, ChildStdout) {
+        let mut serve = Serve::launch(name, yaml, args, &[], Some(Stdio::piped()));
+        let stdout = serve.child.as_mut().unwrap().stdout.take().unwrap();
+        (serve, stdout)
+    }
+
+    fn launch(
+        name: &str,
+        yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Option<Stdio>,
+    ) -> Serve {
         let dir = temp_dir(&format!("serve-{name}"));
         std::fs::write(dir.join("homeserver.yaml"), yaml).unwrap();
         let (port, metrics_port) = (free_port(), free_port());
@@ -57,7 +74,11 @@ impl Serve {
             .arg("--metrics")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(args)
-            .stdout(std::fs::File::create(dir.join("log.jsonl")).unwrap())
+            .stdout(
+                stdout.unwrap_or_else(|| {
+                    std::fs::File::create(dir.join("log.jsonl")).unwrap().into()
+                }),
+            )
             .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
         let mut child = spawn(cmd);
         wait_for_port(&mut child, port, "egress serve", &dir.join("stderr.log"));
@@ -1335,4 +1356,44 @@ fn sigterm_stops_accepting_and_drains() {
         "{}",
         serve.stderr()
     );
+}
+
+#[test]
+fn a_request_log_nobody_reads_does_not_stop_the_proxy() {
+    // stdout is a pipe the test does not read: 64 KiB of log lines fill it.
+    // Requests must still be answered; the lines wait in serve and arrive,
+    // all of them, once the pipe is read.
+    let (serve, stdout) = Serve::start_piped("stuck-log", "", &[]);
+    const N: usize = 1500;
+    let started = Instant::now();
+    for i in 0..N {
+        let (head, _tcp) = tunnel(
+            serve.port,
+            &format!("CONNECT 10.0.{}.{}:443 HTTP/1.1\r\n\r\n", i / 250, i % 250),
+        );
+        assert!(head.starts_with("HTTP/1.1 403"), "request {i}: {head}");
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < WAIT, "{N} denials took {elapsed:?}");
+    // Every line arrives once the pipe is read (on a thread: a read with
+    // no end would hang the test).
+    let (sent, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = 0;
+        for (n, line) in BufReader::new(stdout).lines().enumerate() {
+            let line = line.unwrap();
+            bytes += line.len() + 1;
+            let record: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(record["decision"], "denied", "{record}");
+            if n + 1 == N {
+                break;
+            }
+        }
+        sent.send(bytes).unwrap();
+    });
+    let bytes = got
+        .recv_timeout(WAIT)
+        .expect("all the log lines within 10 s");
+    // More than a pipe holds (64 KiB): serve was really held up by it.
+    assert!(bytes > 4 * 65_536, "{bytes} bytes of log");
 }

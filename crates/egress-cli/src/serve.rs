@@ -1,7 +1,6 @@
 //! `egress serve`: the forward proxy that applies the homeserver's IP
 //! blocklists after its own DNS resolution.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

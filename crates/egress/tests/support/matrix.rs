@@ -557,14 +557,28 @@ fn matrix_answer(
                 .unwrap()
                 .as_millis() as u64;
             let host = server_name.map_or(host, str::to_owned);
+            // Fault-table faults: keys that expired an hour ago, and keys
+            // signed by another key under the published key's id.
+            let valid_until_ts = match name.as_str() {
+                "expired.test" => now - 3_600_000,
+                _ => now + 3_600_000,
+            };
             let keys = json!({
                 "server_name": host,
-                "valid_until_ts": now + 3_600_000,
+                "valid_until_ts": valid_until_ts,
                 "verify_keys": {key.key_id(): {"key": key.public_key()}},
                 "old_verify_keys": {},
             });
             let mut keys = egress::to_canonical_object(&keys).unwrap();
-            key.sign_json(&host, &mut keys).unwrap();
+            if name == "missigned.test" {
+                let version = key.key_id().trim_start_matches("ed25519:").to_owned();
+                let other = SigningKey::generate().to_file_line();
+                let seed = other.split_whitespace().nth(2).unwrap();
+                let impostor = SigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
+                impostor.sign_json(&host, &mut keys).unwrap();
+            } else {
+                key.sign_json(&host, &mut keys).unwrap();
+            }
             json_response(200, serde_json::to_string(&keys).unwrap())
         }
         // Remote media whose bytes are elsewhere: the multipart answer's

@@ -14,8 +14,6 @@
 
 #![allow(dead_code)]
 
-pub mod fault_table;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -300,7 +300,10 @@ fn p03_proxy_407() {
         "http://{USER}:{WRONG_PASSWORD}@localhost:{}",
         world().squid.auth_port
     ))
-    .expect(|e| matches!(e, Error::ProxyAuth { status, .. } if *status == 407), 41)
+    .expect(
+        |e| matches!(e, Error::ProxyAuth { status, .. } if *status == 407),
+        41,
+    )
     .run();
 }
 
@@ -316,7 +319,10 @@ fn p04_proxy_407_to_a_forwarded_request() {
         "http://{USER}:{WRONG_PASSWORD}@localhost:{}",
         world().squid.auth_port
     ))
-    .expect(|e| matches!(e, Error::ProxyAuth { status, .. } if *status == 407), 41)
+    .expect(
+        |e| matches!(e, Error::ProxyAuth { status, .. } if *status == 407),
+        41,
+    )
     .run();
 }
 
@@ -332,7 +338,10 @@ fn p05_proxy_401_without_via() {
         "http://{USER}:{WRONG_PASSWORD}@localhost:{}",
         world().tinyproxy_auth.port
     ))
-    .expect(|e| matches!(e, Error::ProxyAuth { status, .. } if *status == 401), 41)
+    .expect(
+        |e| matches!(e, Error::ProxyAuth { status, .. } if *status == 401),
+        41,
+    )
     .run();
 }
 
@@ -347,7 +356,10 @@ fn p06_proxy_403() {
         format!("https://localhost:{port}/p06"),
     )
     .proxy(format!("http://localhost:{}", world().tinyproxy_open.port))
-    .expect(|e| matches!(e, Error::ProxyForbidden { status, .. } if *status == 403), 42)
+    .expect(
+        |e| matches!(e, Error::ProxyForbidden { status, .. } if *status == 403),
+        42,
+    )
     .run();
 }
 
@@ -361,37 +373,45 @@ fn p07_proxy_503_target_refused() {
         format!("https://{}:{port}/p07", test_name(1)),
     )
     .proxy(squid_open())
-    .expect(|e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 503), 42)
+    .expect(
+        |e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 503),
+        42,
+    )
     .run();
 }
 
 #[test]
 fn p08_proxy_502() {
+    // egress serve as the proxy: it resolves closed.test and finds nothing listening.
     Row::new(
         "P08",
-        "502 to CONNECT",
-        "fake proxy",
-        https_origin("/p08"),
+        "502 to CONNECT: the proxy's connection to the target is refused",
+        "egress serve",
+        format!("https://closed.test:{}/p08", free_port()),
     )
-    .proxy(fake_proxy(reply(
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    )))
-    .expect(|e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 502), 42)
+    .proxy(serve_proxy().url())
+    .expect(
+        |e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 502),
+        42,
+    )
     .run();
 }
 
 #[test]
 fn p09_proxy_504() {
+    // egress serve as the proxy: the target drops SYNs, serve's connect limit is 800 ms.
+    let (port, _queued, _listener) = unanswered_port();
     Row::new(
         "P09",
-        "504 to CONNECT",
-        "fake proxy",
-        https_origin("/p09"),
+        "504 to CONNECT: the proxy's connection to the target times out",
+        "egress serve",
+        format!("https://slow.test:{port}/p09"),
     )
-    .proxy(fake_proxy(reply(
-        b"HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n\r\n",
-    )))
-    .expect(|e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 504), 42)
+    .proxy(serve_proxy().url())
+    .expect(
+        |e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 504),
+        42,
+    )
     .run();
 }
 
@@ -537,7 +557,10 @@ fn p17_tunnel_reset_after_connect() {
         "fake proxy",
         https_origin("/p17"),
     )
-    .proxy(fake_proxy(Fault::ResetAfter(world().https_origin.port, 100)))
+    .proxy(fake_proxy(Fault::ResetAfter(
+        world().https_origin.port,
+        100,
+    )))
     .expect(|e| matches!(e, Error::Tls { .. }), 35)
     .run();
 }
@@ -620,6 +643,84 @@ fn p21_proxy_tls_handshake_stalls() {
     .run();
 }
 
+#[test]
+fn p22_proxy_403_from_squid() {
+    Row::new(
+        "P22",
+        "403 to CONNECT (`http_access deny` for the destination)",
+        "squid",
+        world().https_origin.url(FORBIDDEN_NAME, "/p22"),
+    )
+    .proxy(squid_open())
+    .expect(
+        |e| matches!(e, Error::ProxyForbidden { status, .. } if *status == 403),
+        42,
+    )
+    .run();
+}
+
+#[test]
+fn p23_proxy_407_without_credentials() {
+    Row::new(
+        "P23",
+        "407 to CONNECT: the proxy wants credentials, the URL has none",
+        "squid",
+        https_origin("/p23"),
+    )
+    .proxy(format!("http://localhost:{}", world().squid.auth_port))
+    .expect(
+        |e| matches!(e, Error::ProxyAuth { status, .. } if *status == 407),
+        41,
+    )
+    .run();
+}
+
+#[test]
+fn p24_dns_failure_at_the_proxy() {
+    Row::new(
+        "P24",
+        "DNS failure at the proxy (the name does not exist): 502",
+        "egress serve + dnsmasq",
+        "https://nowhere.test/p24".to_owned(),
+    )
+    .proxy(serve_proxy().url())
+    .expect(
+        |e| matches!(e, Error::ProxyUnreachable { status, .. } if *status == 502),
+        42,
+    )
+    .run();
+}
+
+#[test]
+fn p25_blocked_address_at_the_proxy() {
+    Row::new(
+        "P25",
+        "DNS answer with one blocked address, at the proxy: 403",
+        "egress serve + dnsmasq",
+        format!("https://mixed.test:{}/p25", world().https_origin.port),
+    )
+    .proxy(serve_proxy().url())
+    .expect(
+        |e| matches!(e, Error::ProxyForbidden { status, .. } if *status == 403),
+        42,
+    )
+    .run();
+}
+
+#[test]
+fn p26_proxy_name_does_not_resolve() {
+    // A 64-octet label: glibc's resolver refuses the name without a query.
+    let mut row = Row::new(
+        "P26",
+        "the proxy's own host name does not resolve",
+        "glibc resolver",
+        https_origin("/p26"),
+    )
+    .proxy(format!("http://{}.test:3128", "p".repeat(64)));
+    row.source = "glibc resolver";
+    row.expect(|e| matches!(e, Error::Resolve { .. }), 6).run();
+}
+
 // ---- The origin ----------------------------------------------------------
 
 /// A direct row to a fake origin on 127.0.0.1 (OpenID Connect: no blocklist).
@@ -647,7 +748,10 @@ fn o02_tls_failure_to_the_origin() {
         "O02",
         "TLS failure to the origin (https:// URL, plain-HTTP port)",
         "squid + test origin",
-        world().http_origin.url(&test_name(1), "/o02").replace("http:", "https:"),
+        world()
+            .http_origin
+            .url(&test_name(1), "/o02")
+            .replace("http:", "https:"),
     )
     .proxy(squid_auth())
     .expect(|e| matches!(e, Error::Tls { .. }), 35)
@@ -665,7 +769,15 @@ fn o03_origin_certificate_for_another_name() {
     )
     .proxy(squid_auth())
     .expect(
-        |e| matches!(e, Error::Certificate { is_proxy: false, .. }),
+        |e| {
+            matches!(
+                e,
+                Error::Certificate {
+                    is_proxy: false,
+                    ..
+                }
+            )
+        },
         60,
     )
     .run();
@@ -703,7 +815,15 @@ fn o05_origin_certificate_untrusted() {
     )
     .proxy(squid_auth())
     .expect(
-        |e| matches!(e, Error::Certificate { is_proxy: false, .. }),
+        |e| {
+            matches!(
+                e,
+                Error::Certificate {
+                    is_proxy: false,
+                    ..
+                }
+            )
+        },
         60,
     )
     .run();
@@ -916,7 +1036,8 @@ fn o17_blocked_literal() {
 }
 
 fn redirect_row(id: &'static str, fault: &'static str, path: &str) -> Row<'static> {
-    let mut row = Row::new(id, fault, "squid + test origin", https_origin(path)).proxy(squid_auth());
+    let mut row =
+        Row::new(id, fault, "squid + test origin", https_origin(path)).proxy(squid_auth());
     row.purpose = Purpose::UrlPreview;
     row.redirects = true;
     row
@@ -951,6 +1072,19 @@ fn o20_redirect_to_an_unusable_location() {
     .run();
 }
 
+#[test]
+fn o21_origin_401_through_a_forwarding_proxy() {
+    Row::new(
+        "O21",
+        "origin answers 401 through a forwarding proxy (a response, not proxy auth)",
+        "squid + test origin",
+        world().http_origin.url(&test_name(1), "/status/401"),
+    )
+    .proxy(squid_auth())
+    .tap(|row| row.expect = Expect::Response(401, 22))
+    .run();
+}
+
 impl<'a> Row<'a> {
     fn tap(mut self, f: impl FnOnce(&mut Row<'a>)) -> Self {
         f(&mut self);
@@ -976,6 +1110,69 @@ fn unanswered_port() -> (u16, Vec<std::net::TcpStream>, tokio::net::TcpListener)
         }
     }
     panic!("the accept queue of 127.0.0.1:{port} never filled up");
+}
+
+/// `egress serve`, a real proxy that answers 502, 504 and 403 on its own,
+/// with dnsmasq for its DNS: closed.test and slow.test are 127.0.0.1 (let
+/// through), mixed.test is 127.0.0.1 and 127.0.0.9 (blocked), nowhere.test
+/// does not exist. Started once; stopped when the test binary exits.
+struct ServeProxy {
+    port: u16,
+    _dns: std::process::Child,
+    _serve: std::process::Child,
+}
+
+impl ServeProxy {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn serve_proxy() -> &'static ServeProxy {
+    static SERVE: std::sync::OnceLock<Result<ServeProxy, String>> = std::sync::OnceLock::new();
+    start_once(&SERVE, start_serve_proxy, "egress serve")
+}
+
+fn start_serve_proxy() -> ServeProxy {
+    let dir = temp_dir("fault-serve");
+    std::fs::write(
+        dir.join("hosts"),
+        "127.0.0.1 closed.test\n127.0.0.1 slow.test\n127.0.0.1 mixed.test\n127.0.0.9 mixed.test\n",
+    )
+    .unwrap();
+    let dns_port = free_port();
+    let mut cmd = dnsmasq_command(&dir, dns_port);
+    let dns_log = dir.join("dnsmasq.out");
+    cmd.arg(format!("--addn-hosts={}", dir.join("hosts").display()))
+        .stdout(std::fs::File::create(&dns_log).unwrap())
+        .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap());
+    let mut dns = spawn(cmd);
+    // dnsmasq listens on UDP and TCP; TCP tells us it is up.
+    wait_for_port(&mut dns, dns_port, "dnsmasq", &dns_log);
+    let yaml = dir.join("homeserver.yaml");
+    std::fs::write(&yaml, "ip_range_whitelist: ['127.0.0.1/32']\n").unwrap();
+    let port = free_port();
+    let log = dir.join("stderr.log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("serve")
+        .arg("--config")
+        .arg(&yaml)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--dns-server")
+        .arg(format!("127.0.0.1:{dns_port}"))
+        .args(["--connect-timeout", "800ms"])
+        .stdout(std::fs::File::create(dir.join("log.jsonl")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut serve = spawn(cmd);
+    wait_for_port(&mut serve, port, "egress serve", &log);
+    ServeProxy {
+        port,
+        _dns: dns,
+        _serve: serve,
+    }
 }
 
 /// What a fake origin does after reading the request head.

@@ -679,7 +679,7 @@ fn p23_proxy_407_without_credentials() {
 fn p24_dns_failure_at_the_proxy() {
     Row::new(
         "P24",
-        "DNS failure at the proxy (the name does not exist): 502",
+        "DNS failure at the proxy: the name does not exist (NXDOMAIN)",
         "egress serve + dnsmasq",
         "https://nowhere.test/p24".to_owned(),
     )
@@ -689,6 +689,12 @@ fn p24_dns_failure_at_the_proxy() {
         42,
     )
     .run();
+    // The fault is the one named: serve found no address for the name.
+    let reason = serve_proxy().reason("nowhere.test:443");
+    assert_eq!(
+        reason,
+        "cannot resolve nowhere.test: the name has no address"
+    );
 }
 
 #[test]
@@ -1115,9 +1121,10 @@ fn unanswered_port() -> (u16, Vec<std::net::TcpStream>, tokio::net::TcpListener)
 /// `egress serve`, a real proxy that answers 502, 504 and 403 on its own,
 /// with dnsmasq for its DNS: closed.test and slow.test are 127.0.0.1 (let
 /// through), mixed.test is 127.0.0.1 and 127.0.0.9 (blocked), nowhere.test
-/// does not exist. Started once; stopped when the test binary exits.
+/// does not exist (NXDOMAIN). Started once; stopped when the test binary exits.
 struct ServeProxy {
     port: u16,
+    dir: std::path::PathBuf,
     _dns: std::process::Child,
     _serve: std::process::Child,
 }
@@ -1125,6 +1132,28 @@ struct ServeProxy {
 impl ServeProxy {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The reason serve logged for its first request to `target`, waiting
+    /// up to 5 s for the record (serve writes its log in batches).
+    fn reason(&self, target: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("log.jsonl")).unwrap_or_default();
+            let found = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|r| r["target"] == target)
+                .and_then(|r| r["reason"].as_str().map(str::to_owned));
+            if let Some(reason) = found {
+                return reason;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve logged nothing for {target}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -1143,7 +1172,9 @@ fn start_serve_proxy() -> ServeProxy {
     let dns_port = free_port();
     let mut cmd = dnsmasq_command(&dir, dns_port);
     let dns_log = dir.join("dnsmasq.out");
+    // nowhere.test: NXDOMAIN (`--address=/name/` with no address).
     cmd.arg(format!("--addn-hosts={}", dir.join("hosts").display()))
+        .arg("--address=/nowhere.test/")
         .stdout(std::fs::File::create(&dns_log).unwrap())
         .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap());
     let mut dns = spawn(cmd);
@@ -1170,6 +1201,7 @@ fn start_serve_proxy() -> ServeProxy {
     wait_for_port(&mut serve, port, "egress serve", &log);
     ServeProxy {
         port,
+        dir,
         _dns: dns,
         _serve: serve,
     }

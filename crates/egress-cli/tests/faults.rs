@@ -1017,8 +1017,8 @@ fn o16_dns_answer_with_one_blocked_address() {
     // TEST-NET-1 is allowed; 127.0.0.1 is in the default blocklist. Neither is dialled.
     let mut row = Row::new(
         "O16",
-        "DNS answer with one blocked address among allowed ones",
-        "--resolve",
+        "a name resolving to an allowed and a blocked address",
+        "`--resolve` (both addresses; neither is dialled)",
         format!("http://mixed.test:{}/o16", free_port()),
     );
     row.resolve = vec![
@@ -1033,7 +1033,7 @@ fn o17_blocked_literal() {
     Row::new(
         "O17",
         "URL with a blocked IP literal (refused before any connection, though proxied)",
-        "blocklist",
+        "client (the URL)",
         world().https_origin.url("127.0.0.1", "/o17"),
     )
     .proxy(squid_auth())

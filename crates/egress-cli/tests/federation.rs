@@ -28,14 +28,19 @@ fn setup() -> (String, String, String) {
     let dir = std::env::temp_dir().join(format!("egress-cli-fed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let yaml = dir.join("homeserver.yaml");
-    std::fs::write(
-        &yaml,
-        format!(
-            "federation_custom_ca_list: ['{}']\n",
-            world().ca.pem_path.display()
-        ),
-    )
-    .unwrap();
+    // Written once: tests run in parallel, and rewriting the file while
+    // another test's command reads it gave that command an empty file.
+    static WRITTEN: std::sync::Once = std::sync::Once::new();
+    WRITTEN.call_once(|| {
+        std::fs::write(
+            &yaml,
+            format!(
+                "federation_custom_ca_list: ['{}']\n",
+                world().ca.pem_path.display()
+            ),
+        )
+        .unwrap()
+    });
     let proxy = format!(
         "http://{USER}:{PASSWORD_ENCODED}@localhost:{}",
         world().squid.auth_port
@@ -386,7 +391,7 @@ mod fault_rows {
         .record();
     }
 
-    /// A well-known (or SRV) fault: discovery falls back, as Synapse does, to
+    /// A well-known fault: discovery falls back, as Synapse does, to
     /// `server:8448`, and says why; nothing listens there, so the request
     /// then fails (squid: 503), and `federation test` exits 1 naming the step.
     fn falls_back(id: &str, fault: &str, source: &str, server: &str, step: &str) {
@@ -474,12 +479,40 @@ mod fault_rows {
 
     #[test]
     fn f05_srv_target_dot() {
-        falls_back(
+        // As Synapse: the server says it offers no federation, so nothing
+        // is tried (no legacy SRV record, no port 8448).
+        let fed = federation();
+        let (result, took) = timed(fed.json(
+            Purpose::Federation,
+            Method::GET,
+            &name("dot.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        ));
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, FederationError::NotOffered { reason, .. }
+                if reason.contains("the target is `.`")),
+            "{err}"
+        );
+        let (code, text, cli) = command("test", &["dot.test"]);
+        assert_eq!(code, 1, "{text}");
+        assert!(
+            text.contains("federation FAILED: dot.test does not offer federation"),
+            "{text}"
+        );
+        assert!(
+            world().squid.requests("dot.test:8448").is_empty(),
+            "a connection to dot.test:8448 was attempted"
+        );
+        row(
             "F05",
             "SRV record pointing at \".\" (service not offered)",
             "dnsmasq (dot.test)",
-            "dot.test",
-            "target is `.`",
+            fed_variant(&err),
+            code,
+            took,
+            cli,
         );
     }
 

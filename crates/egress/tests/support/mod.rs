@@ -1056,6 +1056,15 @@ pub fn variant(err: &egress::Error) -> String {
         egress::Error::Certificate { is_proxy, .. } => {
             format!("Certificate {{ is_proxy: {is_proxy} }}")
         }
+        other if other.proxy_status().is_some() => {
+            let debug = format!("{other:?}");
+            let name = debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default();
+            let status = other.proxy_status().map_or(0, |s| s.as_u16());
+            format!("{name} {{ status: {status} }}")
+        }
         other => {
             let debug = format!("{other:?}");
             debug

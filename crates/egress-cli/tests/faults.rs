@@ -1014,18 +1014,25 @@ fn o15_dns_failure() {
 
 #[test]
 fn o16_dns_answer_with_one_blocked_address() {
-    // TEST-NET-1 is allowed; 127.0.0.1 is in the default blocklist. Neither is dialled.
+    // 127.0.0.1 is let through by ip_range_whitelist, 127.0.0.9 is not: the
+    // whole answer is refused, and the allowed address (where nothing
+    // listens: dialling it would be a connection error) is not dialled.
     let mut row = Row::new(
         "O16",
         "a name resolving to an allowed and a blocked address",
-        "`--resolve` (both addresses; neither is dialled)",
+        "`--resolve` (both addresses)",
         format!("http://mixed.test:{}/o16", free_port()),
     );
+    row.yaml = "ip_range_whitelist: ['127.0.0.1/32']\n";
     row.resolve = vec![
-        ("mixed.test", IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
         ("mixed.test", LOCALHOST),
+        ("mixed.test", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))),
     ];
-    row.expect(|e| matches!(e, Error::Blocked { .. }), 40).run();
+    row.expect(
+        |e| matches!(e, Error::Blocked { blocked, .. } if blocked.addr == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))),
+        40,
+    )
+    .run();
 }
 
 #[test]

@@ -328,11 +328,63 @@ fn p04_proxy_407_to_a_forwarded_request() {
 
 #[test]
 fn p05_proxy_401_without_via() {
+    // A forwarded http:// request: tinyproxy answers a wrong password with
+    // its own 401, which has no `Via` (an origin's 401 it relays has one: O21).
+    let w = world();
+    let head = {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(loopback(w.tinyproxy_auth.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let url = w.http_origin.url("localhost", "/p05-raw");
+        use base64::Engine as _;
+        let wrong = format!("{USER}:{WRONG_PASSWORD}");
+        let basic = base64::engine::general_purpose::STANDARD.encode(wrong);
+        write!(
+            tcp,
+            "GET {url} HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: Basic {basic}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        head.starts_with("HTTP/1.0 401") || head.starts_with("HTTP/1.1 401"),
+        "{head}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("\r\nvia:"),
+        "tinyproxy's own 401 has a Via: {head}"
+    );
     Row::new(
         "P05",
-        "401 to CONNECT from the proxy itself, no `Via` (wrong password)",
+        "401 without `Via` to a forwarded http:// request: the proxy's own (wrong password)",
         "tinyproxy",
-        world().https_origin.url("localhost", "/p05"),
+        w.http_origin.url("localhost", "/p05"),
+    )
+    .proxy(format!(
+        "http://{USER}:{WRONG_PASSWORD}@localhost:{}",
+        w.tinyproxy_auth.port
+    ))
+    .expect(
+        |e| matches!(e, Error::ProxyAuth { status, .. } if *status == 401),
+        41,
+    )
+    .run();
+}
+
+#[test]
+fn p27_proxy_401_to_connect() {
+    Row::new(
+        "P27",
+        "401 to CONNECT from the proxy (wrong password)",
+        "tinyproxy",
+        world().https_origin.url("localhost", "/p27"),
     )
     .proxy(format!(
         "http://{USER}:{WRONG_PASSWORD}@localhost:{}",

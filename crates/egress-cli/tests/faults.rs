@@ -4,9 +4,10 @@
 //! for the same URL and checks its exit code and time. With
 //! EGRESS_FAULT_TABLE set, each records its row (scripts/fault-table).
 //!
-//! Real parts where a real server produces the fault: squid (407, 503),
-//! tinyproxy (401, 403), stunnel (certificates), the kernel (a closed port,
-//! a full accept queue), glibc's resolver. A fake proxy
+//! Real parts where a real server produces the fault: squid (407, 403,
+//! 503), tinyproxy (401, 403), `egress serve` with dnsmasq (502, 504, DNS
+//! failures at the proxy), stunnel (certificates), the kernel (a closed
+//! port, a full accept queue), glibc's resolver. A fake proxy
 //! (support::FakeProxy) or a fake origin (`FakeOrigin` below), named as
 //! such, only for what none of them does: garbage, split and oversized
 //! replies, HTTP/2.0 to CONNECT, silence, resets and stalls.

@@ -127,13 +127,26 @@ fn start_synapse(
     );
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
     let (mut child, log) = run_synapse(venv, dir, &[]);
-    wait_for_port(&mut child, plain_port, "synapse", &log);
-    wait_for_port(&mut child, tls_port, "synapse", &log);
+    wait_for_synapse(&mut child, plain_port, &log);
+    wait_for_synapse(&mut child, tls_port, &log);
     Synapse {
         plain_port,
         tls_port,
         child,
     }
+}
+
+/// Waits for Synapse to listen on `port`: up to 90 s, as starting it (a
+/// Python program that imports a lot) took over 20 s on the 2-core test
+/// machine under load from other work.
+fn wait_for_synapse(child: &mut Child, port: u16, log: &std::path::Path) {
+    wait_for_addr_within(
+        child,
+        loopback(port),
+        "synapse",
+        log,
+        Duration::from_secs(90),
+    );
 }
 
 /// `synapse.app.homeserver --generate-config` for `server_name` in `dir`.
@@ -220,7 +233,7 @@ pub fn start_extra_synapse(
     );
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
     let (mut child, log) = run_synapse(&venv, dir, env);
-    wait_for_port(&mut child, port, "synapse", &log);
+    wait_for_synapse(&mut child, port, &log);
     ExtraSynapse {
         port,
         dir: dir.to_owned(),

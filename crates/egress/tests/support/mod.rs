@@ -273,7 +273,18 @@ pub fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
 
 /// Waits up to 20 s until `child` accepts connections on `addr`.
 pub fn wait_for_addr(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_addr_within(child, addr, what, log, Duration::from_secs(20));
+}
+
+/// Waits up to `limit` until `child` accepts connections on `addr`.
+pub fn wait_for_addr_within(
+    child: &mut Child,
+    addr: SocketAddr,
+    what: &str,
+    log: &Path,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
@@ -285,7 +296,7 @@ pub fn wait_for_addr(child: &mut Child, addr: SocketAddr, what: &str, log: &Path
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not listen on {addr} within 20 s; its log:\n{log}");
+    panic!("{what} did not listen on {addr} within {limit:?}; its log:\n{log}");
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {

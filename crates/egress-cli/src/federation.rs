@@ -331,6 +331,10 @@ async fn run_test(
     for step in &resolution.steps {
         report.step("discovery", step.clone());
     }
+    if resolution.targets.is_empty() {
+        let reason = resolution.steps.last().cloned().unwrap_or_default();
+        return Err(format!("{server} does not offer federation: {reason}"));
+    }
     let targets: Vec<String> = resolution
         .targets
         .iter()

@@ -200,6 +200,43 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Records a serve row of RELIABILITY.md's fault table (support::FaultRow,
+/// with EGRESS_FAULT_TABLE set): the status serve answered (None: it closed
+/// the connection without one), what it did, and how long it took.
+fn serve_row(
+    id: &str,
+    fault: &str,
+    source: &str,
+    status: Option<i32>,
+    outcome: String,
+    took: Duration,
+) {
+    FaultRow {
+        id,
+        fault,
+        source,
+        error: outcome,
+        code: status,
+        library: None,
+        command: Some(took),
+    }
+    .record();
+}
+
+/// The status code of a response head (`HTTP/1.1 403 ...` → 403).
+fn status_of(head: &str) -> Option<i32> {
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `decision: reason` of serve's log record.
+fn logged(record: &Value) -> String {
+    format!(
+        "{}: {}",
+        record["decision"].as_str().unwrap_or("?"),
+        record["reason"].as_str().unwrap_or("?")
+    )
+}
+
 /// One request on a fresh connection that the server closes; head and body.
 fn raw(port: u16, request: &str) -> (String, String) {
     let mut tcp = connect(port);
@@ -588,6 +625,7 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
             "*.denied.test",
         ],
     );
+    let started = Instant::now();
     let (head, _) = tunnel(
         serve.port,
         &format!(
@@ -595,6 +633,7 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
             allowed.port
         ),
     );
+    let took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(
         header(&head, "x-egress-denied"),
@@ -605,6 +644,14 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     let record = serve.record(|r| r["target"].as_str().unwrap().starts_with("mixed.test"));
     assert_eq!(record["decision"], "denied");
     assert_eq!(record["status"], 403);
+    serve_row(
+        "S01",
+        "target name whose DNS answer holds one blocked address",
+        "dnsmasq",
+        status_of(&head),
+        logged(&record),
+        took,
+    );
 
     let (head, _) = tunnel(
         serve.port,
@@ -618,23 +665,50 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
         ("[::1]:443", "::1 is in ::1/128 of ip_range_blacklist (default)"),
         ("0.0.0.0:443", "0.0.0.0 is in 0.0.0.0/32 of ip_range_blacklist (default)"),
     ] {
+        let started = Instant::now();
         let (head, _) = tunnel(serve.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
+        let took = started.elapsed();
         assert!(head.starts_with("HTTP/1.1 403"), "{target}: {head}");
         assert_eq!(header(&head, "x-egress-denied"), Some(range), "{target}");
+        if target == "[::ffff:10.1.2.3]:443" {
+            serve_row(
+                "S02",
+                "CONNECT to a blocked IP literal (IPv4-mapped IPv6 spelling)",
+                "client",
+                status_of(&head),
+                format!("denied: {range}"),
+                took,
+            );
+        }
     }
+    let started = Instant::now();
     let (head, _) = tunnel(serve.port, "CONNECT www.denied.test:443 HTTP/1.1\r\n\r\n");
+    let took = started.elapsed();
     assert_eq!(
         header(&head, "x-egress-denied"),
         Some("www.denied.test matches *.denied.test of --deny-domain")
     );
+    serve_row(
+        "S03",
+        "CONNECT to a name matching --deny-domain",
+        "client",
+        status_of(&head),
+        "denied: www.denied.test matches *.denied.test of --deny-domain".to_owned(),
+        took,
+    );
     // DNS failure and connection refused: 502, each with its reason.
+    let started = Instant::now();
     let (head, _) = tunnel(serve.port, "CONNECT nowhere.test:443 HTTP/1.1\r\n\r\n");
+    let dns_took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let dns_status = status_of(&head);
     let closed = free_port();
+    let started = Instant::now();
     let (head, _) = tunnel(
         serve.port,
         &format!("CONNECT 127.0.0.1:{closed} HTTP/1.1\r\n\r\n"),
     );
+    let refused_took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let dns_fail = serve.record(|r| r["target"] == "nowhere.test:443");
     assert_eq!(dns_fail["decision"], "failed");
@@ -647,6 +721,22 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     );
     let refused = serve.record(|r| r["target"] == format!("127.0.0.1:{closed}"));
     assert_eq!(refused["decision"], "failed");
+    serve_row(
+        "S04",
+        "DNS failure: the DNS server refuses the query",
+        "dnsmasq (no upstream: it answers REFUSED)",
+        dns_status,
+        logged(&dns_fail),
+        dns_took,
+    );
+    serve_row(
+        "S05",
+        "target refuses the connection",
+        "closed port",
+        status_of(&head),
+        logged(&refused),
+        refused_took,
+    );
     let metrics = serve.metrics();
     assert!(
         metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="ip_blocked"} 5"#),
@@ -685,16 +775,26 @@ fn dns_rebinding_cannot_switch_the_address_after_the_check() {
     assert_eq!(dns.a_queries.load(Ordering::SeqCst), 1);
     assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
     // The next answer is the blocked one: refused, and still never dialled.
+    let started = Instant::now();
     let (head, _) = tunnel(
         serve.port,
         &format!("CONNECT rebind.test:{} HTTP/1.1\r\n\r\n", allowed.port),
     );
+    let took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(
         header(&head, "x-egress-denied"),
         Some("127.0.0.10 is in 127.0.0.0/8 of ip_range_blacklist (default)")
     );
     assert_eq!((allowed.accepted(), rebound.accepted()), (1, 0));
+    serve_row(
+        "S06",
+        "DNS rebinding: the name's next answer (TTL 0) is a blocked address",
+        "fake DNS server",
+        status_of(&head),
+        "denied; one query and one dial per request, to the checked address only".to_owned(),
+        took,
+    );
 }
 
 #[test]
@@ -799,12 +899,25 @@ fn a_parent_that_wants_credentials_is_a_502_that_says_so() {
             &format!("http://{USER}:wrong@127.0.0.1:{}", w.squid.auth_port),
         ],
     );
-    let (head, body) = raw(
+    let started = Instant::now();
+    let (head, tcp) = tunnel(
         serve.port,
         &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
     );
+    let took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // The body by its length: serve keeps the connection open for another request.
+    let body = read_body(&mut BufReader::new(tcp), &head);
+    let body = String::from_utf8_lossy(&body).into_owned();
     assert!(body.contains("407"), "{body}");
+    serve_row(
+        "S07",
+        "parent proxy (--upstream) answers 407",
+        "squid",
+        status_of(&head),
+        format!("failed: {}", body.trim()),
+        took,
+    );
     assert!(
         !body.contains("wrong") && !serve.stderr().contains("wrong"),
         "password shown: {body}"
@@ -1017,9 +1130,19 @@ fn limits_timeouts_and_sizes() {
         h1.starts_with("HTTP/1.1 200") && h2.starts_with("HTTP/1.1 200"),
         "{h1}{h2}"
     );
+    let started = Instant::now();
     let (h3, _) = open(echo.port);
+    let took = started.elapsed();
     assert!(h3.starts_with("HTTP/1.1 429"), "{h3}");
     assert_eq!(header(&h3, "retry-after"), Some("1"));
+    serve_row(
+        "S08",
+        "a client opens more tunnels than --max-tunnels-per-client (2)",
+        "client",
+        status_of(&h3),
+        "denied: limit, with Retry-After: 1".to_owned(),
+        took,
+    );
     drop((t1, t2));
     // Slots come back as serve sees the tunnels close.
     let open_when_free = |port: u16| {
@@ -1051,16 +1174,29 @@ fn limits_timeouts_and_sizes() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
+    serve_row(
+        "S09",
+        "an open tunnel moves nothing (--idle-timeout 1s)",
+        "client",
+        status_of(&head),
+        "tunnel closed by serve after the idle limit".to_owned(),
+        took,
+    );
 
     // A target that drops SYNs: 504 after the connect limit.
     let (port, _queued, _listener) = unanswered_port();
     let started = Instant::now();
     let (head, _) = open_when_free(port);
+    let took = started.elapsed();
     assert!(head.starts_with("HTTP/1.1 504"), "{head}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    serve_row(
+        "S10",
+        "target drops SYNs (--connect-timeout 700ms)",
+        "kernel (full accept queue)",
+        status_of(&head),
+        "failed: connect_timeout".to_owned(),
+        took,
     );
 
     // A slow head is dropped after --head-timeout, a huge one at once.
@@ -1069,10 +1205,16 @@ fn limits_timeouts_and_sizes() {
     let started = Instant::now();
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "slow head held {:?}",
-        started.elapsed()
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "slow head held {took:?}");
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    serve_row(
+        "S11",
+        "slow client: the request head is never finished (--head-timeout 1s)",
+        "client",
+        status_of(&rest),
+        "connection closed after the head limit".to_owned(),
+        took,
     );
     let mut huge = connect(serve.port);
     let mut request = format!("GET http://127.0.0.1:{}/ HTTP/1.1\r\n", echo.port);
@@ -1080,12 +1222,22 @@ fn limits_timeouts_and_sizes() {
         request.push_str(&format!("X-Filler-{i}: {}\r\n", "f".repeat(30)));
     }
     request.push_str("\r\n");
+    let started = Instant::now();
     let _ = huge.write_all(request.as_bytes());
     let mut answer = String::new();
     let _ = huge.read_to_string(&mut answer);
+    let took = started.elapsed();
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "{answer}"
+    );
+    serve_row(
+        "S12",
+        "huge request head (2000 header lines, about 90 KiB)",
+        "client",
+        status_of(&answer),
+        "refused before any connection to the origin".to_owned(),
+        took,
     );
     assert!(
         echo.seen.lock().unwrap().is_empty(),
@@ -1107,10 +1259,12 @@ fn limits_timeouts_and_sizes() {
     let head = read_head_buffered(&mut reader);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(read_body(&mut reader, &head).len(), 50_000);
+    let started = Instant::now();
     let (head, body) = get_through(
         &serve,
         &format!("http://127.0.0.1:{}/big?n=300000", echo.port),
     );
+    let took = started.elapsed();
     // The echo origin streams /big without a Content-Length: serve cuts it.
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.len() < 300_000, "{} bytes came through", body.len());
@@ -1121,6 +1275,14 @@ fn limits_timeouts_and_sizes() {
             .unwrap()
             .contains("--max-response-bytes 100000"),
         "{cut}"
+    );
+    serve_row(
+        "S13",
+        "forwarded response larger than --max-response-bytes (300000 > 100000, streamed)",
+        "test origin",
+        status_of(&head),
+        format!("cut after {} bytes; logged `{}`", body.len(), logged(&cut)),
+        took,
     );
 
     let metrics = serve.metrics();
@@ -1180,18 +1342,30 @@ fn faults_in_a_tunnel_end_it_cleanly() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     tcp.write_all(b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
         .unwrap();
+    let started = Instant::now();
     drop(tcp);
     let gone = serve.record(|r| r["target"] == format!("127.0.0.1:{}", echo.port));
+    let took = started.elapsed();
     assert_eq!(gone["bytes_up"].as_u64().unwrap(), 61, "{gone}");
+    serve_row(
+        "S14",
+        "client gone mid-tunnel (mid-request body)",
+        "client",
+        status_of(&head),
+        format!("tunnel ended and logged ({} bytes up)", gone["bytes_up"]),
+        took,
+    );
     // Origin reset: the client's side ends too, and serve logs it.
     let (head, mut tcp) = tunnel(
         serve.port,
         &format!("CONNECT 127.0.0.1:{reset_port} HTTP/1.1\r\n\r\n"),
     );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
     tcp.write_all(b"hello").unwrap();
     let mut rest = Vec::new();
     let _ = tcp.read_to_end(&mut rest);
+    let took = started.elapsed();
     let record = serve.record(|r| r["target"] == format!("127.0.0.1:{reset_port}"));
     assert!(
         record["reason"]
@@ -1199,6 +1373,14 @@ fn faults_in_a_tunnel_end_it_cleanly() {
             .unwrap()
             .starts_with("checked; tunnel"),
         "{record}"
+    );
+    serve_row(
+        "S15",
+        "origin resets the connection mid-tunnel",
+        "fake origin",
+        status_of(&head),
+        format!("client's side closed; logged `{}`", logged(&record)),
+        took,
     );
     // Nothing stays open.
     let deadline = Instant::now() + WAIT;

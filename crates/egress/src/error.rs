@@ -67,7 +67,7 @@ pub enum Error {
         reason: String,
     },
     /// A host name resolved to an address in the blocklist; no address of it is used.
-    #[error("refused {host}: it resolves to {blocked}; no address of it is used")]
+    #[error("refused {host}: among its addresses, {blocked}; none of them is used")]
     Blocked {
         /// The host name.
         host: String,

@@ -376,10 +376,34 @@ async fn bad_well_known_answers_fall_back_with_a_clear_reason() {
             "{server}: {steps}"
         );
     }
+    // An SRV record whose target is `.`: the server offers no federation.
+    // As Synapse, nothing is tried (no legacy SRV, no port 8448).
     let resolution = fed.discovery().resolve(&name("dot.test")).await;
     let steps = resolution.steps.join("\n");
-    assert!(steps.contains("target is `.`"), "{steps}");
-    assert_eq!(resolution.targets, vec![("dot.test".to_owned(), 8448)]);
+    assert!(
+        steps.contains("the target is `.`: dot.test does not offer federation"),
+        "{steps}"
+    );
+    assert!(!steps.contains("_matrix._tcp"), "{steps}");
+    assert_eq!(resolution.targets, Vec::<(String, u16)>::new());
+    let err = fed
+        .json(
+            Purpose::Federation,
+            Method::GET,
+            &name("dot.test"),
+            "/_matrix/federation/v1/version",
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FederationError::NotOffered { server, .. } if server == "dot.test"),
+        "{err}"
+    );
+    assert!(
+        world().squid.requests("dot.test:8448").is_empty(),
+        "a connection to dot.test was attempted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ pub(crate) type Overrides = Arc<HashMap<String, Vec<IpAddr>>>;
 /// The error a resolver returns when an answer is blocked; found again by
 /// walking the error's sources.
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves to {blocked}")]
+#[error("{host}: among its addresses, {blocked}")]
 pub(crate) struct BlockedAnswer {
     /// The name.
     pub(crate) host: String,

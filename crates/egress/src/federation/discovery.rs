@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use ruma_common::ServerName;
 
-use super::srv::{DnsSetupError, Srv};
+use super::srv::{DnsSetupError, Srv, SrvAnswer};
 use super::well_known::WellKnown;
 use crate::Outbound;
 
@@ -18,7 +18,8 @@ pub struct Resolution {
     pub tls_name: String,
     /// The `Host` header (the delegated name, with its port when it has one).
     pub host_header: String,
-    /// `(host, port)` to connect to, in order.
+    /// `(host, port)` to connect to, in order; none when the server offers
+    /// no federation (an SRV record with the target `.`).
     pub targets: Vec<(String, u16)>,
     /// What was done, step by step, for people.
     pub steps: Vec<String>,
@@ -75,7 +76,20 @@ impl Discovery {
         for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
             let query = format!("{service}.{host}.");
             match self.srv.lookup(&query).await {
-                Ok(targets) if !targets.is_empty() => {
+                Ok(SrvAnswer::NotOffered) => {
+                    // As Synapse: the server says it offers no federation;
+                    // no other record and no port 8448 is tried.
+                    steps.push(format!(
+                        "SRV {query}: the target is `.`: {host} does not offer federation"
+                    ));
+                    return Resolution {
+                        tls_name: host.to_owned(),
+                        host_header: host.to_owned(),
+                        targets: Vec::new(),
+                        steps,
+                    };
+                }
+                Ok(SrvAnswer::Targets(targets)) if !targets.is_empty() => {
                     let list: Vec<String> =
                         targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
                     steps.push(format!("SRV {query} → {}", list.join(", ")));

@@ -18,6 +18,15 @@ pub enum FederationError {
     /// DNS for SRV could not be set up.
     #[error(transparent)]
     Dns(#[from] DnsSetupError),
+    /// Discovery found that the server offers no federation (its only SRV
+    /// record has the target `.`): nothing was connected to.
+    #[error("{server} does not offer federation: {reason}")]
+    NotOffered {
+        /// The server name.
+        server: String,
+        /// The discovery step that found it.
+        reason: String,
+    },
     /// No target could be reached; each target's error, in order.
     #[error("cannot reach {server}: {}", .errors.iter().map(|(t, e)| format!("{t}: {}", crate::error::chain(e))).collect::<Vec<_>>().join("; "))]
     Unreachable {

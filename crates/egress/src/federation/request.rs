@@ -113,6 +113,12 @@ impl Federation {
         content: Option<&Value>,
     ) -> Result<(Resolution, Response<Body>), FederationError> {
         let resolution = self.discovery.resolve(server).await;
+        if resolution.targets.is_empty() {
+            return Err(FederationError::NotOffered {
+                server: server.to_string(),
+                reason: resolution.steps.last().cloned().unwrap_or_default(),
+            });
+        }
         let client = self.outbound.client(purpose);
         let (answer, errors) = first_target(&resolution, |host, port| {
             let request = self.build(&method, server, &resolution, path, content);

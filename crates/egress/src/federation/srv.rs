@@ -13,6 +13,16 @@ use hickory_resolver::TokioResolver;
 #[error("cannot set up DNS for SRV lookups: {0}")]
 pub struct DnsSetupError(String);
 
+/// What an SRV query found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum SrvAnswer {
+    /// Targets in priority order (none: no record).
+    Targets(Vec<(String, u16)>),
+    /// The only records have the target `.`: the service is decidedly not
+    /// offered (RFC 2782). Synapse then gives up on the server.
+    NotOffered,
+}
+
 /// An SRV resolver on the system's DNS or on one given server.
 pub(super) struct Srv {
     dns: TokioResolver,
@@ -40,15 +50,16 @@ impl Srv {
         Ok(Srv { dns })
     }
 
-    /// SRV targets in priority order (then by weight, heaviest first). A
-    /// record whose target is `.` says the service is not offered.
-    pub(super) async fn lookup(&self, query: &str) -> Result<Vec<(String, u16)>, String> {
+    /// SRV targets in priority order (then by weight, heaviest first).
+    /// Records whose target is `.` are no targets; when they are all there
+    /// is, the service is not offered.
+    pub(super) async fn lookup(&self, query: &str) -> Result<SrvAnswer, String> {
         let lookup = match self.dns.lookup(query, RecordType::SRV).await {
             Ok(lookup) => lookup,
-            Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
+            Err(e) if e.is_no_records_found() => return Ok(SrvAnswer::Targets(Vec::new())),
             Err(e) => return Err(e.to_string()),
         };
-        let mut records: Vec<(u16, u16, String, u16)> = lookup
+        let records: Vec<(u16, u16, String, u16)> = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
@@ -58,16 +69,53 @@ impl Srv {
                 _ => None,
             })
             .collect();
-        if records
-            .iter()
-            .any(|(_, _, target, _)| target == "." || target.is_empty())
-        {
-            return Err("the record's target is `.`: the service is not offered there".to_owned());
-        }
-        records.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        Ok(records
+        Ok(targets(records))
+    }
+}
+
+/// The answer for SRV records `(priority, weight, target, port)`.
+fn targets(records: Vec<(u16, u16, String, u16)>) -> SrvAnswer {
+    let found = !records.is_empty();
+    let mut records: Vec<_> = records
+        .into_iter()
+        .filter(|(_, _, target, _)| target != "." && !target.is_empty())
+        .collect();
+    if found && records.is_empty() {
+        return SrvAnswer::NotOffered;
+    }
+    records.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    SrvAnswer::Targets(
+        records
             .into_iter()
             .map(|(_, _, target, port)| (target.trim_end_matches('.').to_ascii_lowercase(), port))
-            .collect())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(priority: u16, weight: u16, target: &str, port: u16) -> (u16, u16, String, u16) {
+        (priority, weight, target.to_owned(), port)
+    }
+
+    #[test]
+    fn a_lone_dot_says_not_offered_and_dots_among_targets_are_skipped() {
+        assert_eq!(targets(vec![record(10, 5, ".", 0)]), SrvAnswer::NotOffered);
+        assert_eq!(targets(Vec::new()), SrvAnswer::Targets(Vec::new()));
+        assert_eq!(
+            targets(vec![
+                record(20, 5, "b.test.", 8448),
+                record(10, 5, ".", 0),
+                record(10, 1, "a.test.", 443),
+                record(10, 9, "C.test.", 444),
+            ]),
+            SrvAnswer::Targets(vec![
+                ("c.test".to_owned(), 444),
+                ("a.test".to_owned(), 443),
+                ("b.test".to_owned(), 8448),
+            ])
+        );
     }
 }

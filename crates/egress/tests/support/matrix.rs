@@ -127,13 +127,26 @@ fn start_synapse(
     );
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
     let (mut child, log) = run_synapse(venv, dir, &[]);
-    wait_for_port(&mut child, plain_port, "synapse", &log);
-    wait_for_port(&mut child, tls_port, "synapse", &log);
+    wait_for_synapse(&mut child, plain_port, &log);
+    wait_for_synapse(&mut child, tls_port, &log);
     Synapse {
         plain_port,
         tls_port,
         child,
     }
+}
+
+/// Waits for Synapse to listen on `port`: up to 90 s, as starting it (a
+/// Python program that imports a lot) took over 20 s on the 2-core test
+/// machine under load from other work.
+fn wait_for_synapse(child: &mut Child, port: u16, log: &std::path::Path) {
+    wait_for_addr_within(
+        child,
+        loopback(port),
+        "synapse",
+        log,
+        Duration::from_secs(90),
+    );
 }
 
 /// `synapse.app.homeserver --generate-config` for `server_name` in `dir`.
@@ -220,7 +233,7 @@ pub fn start_extra_synapse(
     );
     std::fs::write(dir.join("extra.yaml"), extra).unwrap();
     let (mut child, log) = run_synapse(&venv, dir, env);
-    wait_for_port(&mut child, port, "synapse", &log);
+    wait_for_synapse(&mut child, port, &log);
     ExtraSynapse {
         port,
         dir: dir.to_owned(),
@@ -557,14 +570,28 @@ fn matrix_answer(
                 .unwrap()
                 .as_millis() as u64;
             let host = server_name.map_or(host, str::to_owned);
+            // Fault-table faults: keys that expired an hour ago, and keys
+            // signed by another key under the published key's id.
+            let valid_until_ts = match name.as_str() {
+                "expired.test" => now - 3_600_000,
+                _ => now + 3_600_000,
+            };
             let keys = json!({
                 "server_name": host,
-                "valid_until_ts": now + 3_600_000,
+                "valid_until_ts": valid_until_ts,
                 "verify_keys": {key.key_id(): {"key": key.public_key()}},
                 "old_verify_keys": {},
             });
             let mut keys = egress::to_canonical_object(&keys).unwrap();
-            key.sign_json(&host, &mut keys).unwrap();
+            if name == "missigned.test" {
+                let version = key.key_id().trim_start_matches("ed25519:").to_owned();
+                let other = SigningKey::generate().to_file_line();
+                let seed = other.split_whitespace().nth(2).unwrap();
+                let impostor = SigningKey::parse(&format!("ed25519 {version} {seed}")).unwrap();
+                impostor.sign_json(&host, &mut keys).unwrap();
+            } else {
+                key.sign_json(&host, &mut keys).unwrap();
+            }
             json_response(200, serde_json::to_string(&keys).unwrap())
         }
         // Remote media whose bytes are elsewhere: the multipart answer's

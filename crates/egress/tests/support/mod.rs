@@ -41,6 +41,9 @@ pub const TINY_PASSWORD: &str = "tiny-s3cret_pw";
 /// Host names squid resolves (hosts_file) and egress resolves (overrides) to 127.0.0.1.
 pub const TEST_NAMES: usize = 40;
 
+/// A name squid refuses (403, `http_access deny`) on both ports, before any DNS.
+pub const FORBIDDEN_NAME: &str = "forbidden.test";
+
 /// Names of the federation tests, mapped to 127.0.0.1 in squid's hosts file.
 pub const FED_NAMES: &[&str] = &[
     "hs1.test",
@@ -58,6 +61,8 @@ pub const FED_NAMES: &[&str] = &[
     "big.test",
     "loop.test",
     "dot.test",
+    "expired.test",
+    "missigned.test",
 ];
 
 pub fn test_name(i: usize) -> String {
@@ -268,7 +273,18 @@ pub fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {
 
 /// Waits up to 20 s until `child` accepts connections on `addr`.
 pub fn wait_for_addr(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_for_addr_within(child, addr, what, log, Duration::from_secs(20));
+}
+
+/// Waits up to `limit` until `child` accepts connections on `addr`.
+pub fn wait_for_addr_within(
+    child: &mut Child,
+    addr: SocketAddr,
+    what: &str,
+    log: &Path,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(log).unwrap_or_default();
@@ -280,7 +296,7 @@ pub fn wait_for_addr(child: &mut Child, addr: SocketAddr, what: &str, log: &Path
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{what} did not listen on {addr} within 20 s; its log:\n{log}");
+    panic!("{what} did not listen on {addr} within {limit:?}; its log:\n{log}");
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -346,11 +362,23 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names or IPs): (cert PEM, key PEM, combined file).
     pub fn issue(&self, file: &str, names: &[&str]) -> (String, String, PathBuf) {
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// As `issue`, with `tweak` applied to the certificate's parameters
+    /// first (an expired certificate: a `not_after` in the past).
+    pub fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String, PathBuf) {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
+        tweak(&mut params);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
@@ -545,6 +573,8 @@ impl Squid {
              auth_param basic program /usr/lib/squid/basic_ncsa_auth {d}/passwd\n\
              acl open myportname openport\n\
              acl authed proxy_auth REQUIRED\n\
+             acl forbidden dstdomain {FORBIDDEN_NAME}\n\
+             http_access deny forbidden\n\
              http_access allow open\n\
              http_access allow authed\n\
              http_access deny all\n\
@@ -861,7 +891,7 @@ impl FakeProxy {
     }
 }
 
-fn socket2_linger(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+pub fn socket2_linger(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,
@@ -956,4 +986,103 @@ pub fn run_egress(
 
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One row of RELIABILITY.md's fault table, as a test measured it. When
+/// EGRESS_FAULT_TABLE names a file (scripts/fault-table sets it), `record`
+/// appends the row to it as one JSON line; otherwise it does nothing.
+pub struct FaultRow<'a> {
+    /// Sort key and anchor: `P03`, `O12`, `F05`, `S02`.
+    pub id: &'a str,
+    /// The fault, in a few words.
+    pub fault: &'a str,
+    /// What produces it: `squid`, `tinyproxy`, `stunnel`, `fake proxy`, ...
+    pub source: &'a str,
+    /// The typed error a library caller gets (or the outcome, for a fault survived).
+    pub error: String,
+    /// `egress fetch` / `egress federation` exit code, or the status serve answers.
+    pub code: Option<i32>,
+    /// How long the library call took to fail.
+    pub library: Option<Duration>,
+    /// How long the command (or serve's answer) took.
+    pub command: Option<Duration>,
+}
+
+impl FaultRow<'_> {
+    pub fn record(&self) {
+        let Some(file) = std::env::var_os("EGRESS_FAULT_TABLE") else {
+            return;
+        };
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("?")
+            .rsplit("::")
+            .next()
+            .unwrap_or("?")
+            .to_owned();
+        let line = serde_json::json!({
+            "id": self.id,
+            "fault": self.fault,
+            "source": self.source,
+            "test": format!("{}::{test}", env!("CARGO_CRATE_NAME")),
+            "file": test_file(),
+            "error": self.error,
+            "code": self.code,
+            "library_ms": ms(self.library),
+            "command_ms": ms(self.command),
+        });
+        // One write of one line, O_APPEND: rows from parallel tests and
+        // test binaries do not interleave.
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .expect("EGRESS_FAULT_TABLE is writable");
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
+/// The test binary's source file, from the binary's name (`faults-<hash>`).
+fn test_file() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let stem = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
+    let krate = if env!("CARGO_PKG_NAME") == "egress" {
+        "crates/egress"
+    } else {
+        "crates/egress-cli"
+    };
+    format!("{krate}/tests/{name}.rs")
+}
+
+/// The name of an `egress::Error`'s variant, with the detail a table needs
+/// (the timeout's step, whether a certificate was the proxy's).
+pub fn variant(err: &egress::Error) -> String {
+    match err {
+        egress::Error::Timeout { step, .. } => format!("Timeout {{ step: {step:?} }}"),
+        egress::Error::Certificate { is_proxy, .. } => {
+            format!("Certificate {{ is_proxy: {is_proxy} }}")
+        }
+        other if other.proxy_status().is_some() => {
+            let debug = format!("{other:?}");
+            let name = debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default();
+            let status = other.proxy_status().map_or(0, |s| s.as_u16());
+            format!("{name} {{ status: {status} }}")
+        }
+        other => {
+            let debug = format!("{other:?}");
+            debug
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    }
 }

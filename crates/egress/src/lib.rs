@@ -196,6 +196,9 @@ mod error;
 #[cfg(feature = "federation")]
 #[cfg(feature = "federation")]
 mod federation;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "yaml")]
 mod homeserver;
 mod ip_table;

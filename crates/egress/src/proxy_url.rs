@@ -114,7 +114,7 @@ pub struct ProxyUrl {
     scheme: ProxyScheme,
     host: Host,
     port: u16,
-    credentials: Option<Credentials>,
+    pub(crate) credentials: Option<Credentials>,
 }
 
 impl ProxyUrl {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::stream::Stream;
 use crate::{Error, ProxyUrl, TimeoutStep};
@@ -112,11 +112,13 @@ pub(crate) async fn connect(
 /// Reads until the end of the reply's header block. Returns the status code,
 /// the status line, the scheme of `Proxy-Authenticate` (or `WWW-Authenticate`)
 /// and any bytes after the blank line.
-type ReplyError = (String, Option<std::io::Error>);
+pub(crate) type ReplyError = (String, Option<std::io::Error>);
 
-async fn read_reply(
-    stream: &mut Stream,
-) -> Result<(http::StatusCode, String, Option<String>, BytesMut), ReplyError> {
+/// The status code, the status line, the authentication scheme asked for and
+/// the bytes after the reply.
+pub(crate) type Reply = (http::StatusCode, String, Option<String>, BytesMut);
+
+pub(crate) async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Reply, ReplyError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_REPLY_HEADER {

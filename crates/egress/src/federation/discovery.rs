@@ -126,7 +126,7 @@ fn host_header(name: &ServerName) -> String {
 }
 
 /// An IP-literal name: that address, on its port or 8448.
-fn literal(name: &ServerName, mut steps: Vec<String>) -> Resolution {
+pub(super) fn literal(name: &ServerName, mut steps: Vec<String>) -> Resolution {
     let port = name.port().unwrap_or(8448);
     steps.push(format!("connect to {} on port {port}", name.host()));
     Resolution {
@@ -137,7 +137,7 @@ fn literal(name: &ServerName, mut steps: Vec<String>) -> Resolution {
     }
 }
 
-fn explicit(name: &ServerName, port: u16, steps: Vec<String>) -> Resolution {
+pub(super) fn explicit(name: &ServerName, port: u16, steps: Vec<String>) -> Resolution {
     Resolution {
         tls_name: bare_host(name),
         host_header: host_header(name),

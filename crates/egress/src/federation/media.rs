@@ -22,7 +22,7 @@ use crate::{Body, Purpose};
 pub const DEFAULT_MEDIA_LIMIT: u64 = 50 * 1024 * 1024;
 /// The most read of the multipart answer's first (JSON metadata) part, and
 /// the room allowed for part headers and delimiters beyond the media limit.
-const METADATA_LIMIT: u64 = 64 * 1024;
+pub(super) const METADATA_LIMIT: u64 = 64 * 1024;
 
 impl Federation {
     /// Downloads `mxc://server/media_id` into `out`, at most `limit` bytes,
@@ -83,52 +83,14 @@ impl Federation {
             })?;
         let outer = limit.saturating_add(METADATA_LIMIT);
         let stream = OneChunkPerPoll::new(limited(response.into_body(), outer).into_data_stream());
-        let mut multipart = multer::Multipart::new(stream, boundary);
-        let parse = |e| multipart_error(&what, e, outer, limit);
-
-        let mut metadata = multipart
-            .next_field()
-            .await
-            .map_err(parse)?
-            .ok_or_else(|| bad(&what, "the multipart body has no part"))?;
-        let mut size = 0u64;
-        while let Some(chunk) = metadata.chunk().await.map_err(parse)? {
-            size += chunk.len() as u64;
-            if size > METADATA_LIMIT {
-                return Err(bad(&what, "the metadata part is larger than 64 KiB"));
+        match read_multipart(stream, boundary, &what, outer, limit, out).await? {
+            MediaPart::Written(content_type) => Ok(content_type),
+            MediaPart::Location(location) => {
+                tracing::info!(target: "egress::wire", "* media redirect to {location}");
+                let response = self.follow(&location).await?;
+                save(format!("GET {location}"), response, out, limit).await
             }
         }
-        drop(metadata);
-
-        let mut media = multipart
-            .next_field()
-            .await
-            .map_err(parse)?
-            .ok_or_else(|| bad(&what, "the multipart body has no media part"))?;
-        let header = |name| {
-            media
-                .headers()
-                .get(name)
-                .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let content_type = header(CONTENT_TYPE);
-        if let Some(location) = header(LOCATION) {
-            drop(media);
-            drop(multipart);
-            tracing::info!(target: "egress::wire", "* media redirect to {location}");
-            let response = self.follow(&location).await?;
-            return save(format!("GET {location}"), response, out, limit).await;
-        }
-        let mut written = 0u64;
-        while let Some(chunk) = media.chunk().await.map_err(parse)? {
-            written += chunk.len() as u64;
-            if written > limit {
-                return Err(FederationError::TooLarge { limit });
-            }
-            out.write_all(&chunk).map_err(FederationError::Write)?;
-        }
-        Ok(content_type)
     }
 
     async fn legacy_media(
@@ -168,6 +130,73 @@ impl Federation {
             .follow_redirects(crate::client::MAX_REDIRECTS);
         Ok(client.get(location).await?)
     }
+}
+
+/// What the media part of a multipart answer held.
+pub(super) enum MediaPart {
+    /// The bytes, written out; the part's content type.
+    Written(Option<String>),
+    /// A `Location` to fetch the bytes from.
+    Location(String),
+}
+
+/// Reads a multipart media answer (already limited to `outer` bytes): the
+/// metadata part, then the media part, written into `out` (at most `limit`
+/// bytes) unless it is a `Location`.
+pub(super) async fn read_multipart<S, E>(
+    stream: S,
+    boundary: String,
+    what: &str,
+    outer: u64,
+    limit: u64,
+    out: &mut dyn std::io::Write,
+) -> Result<MediaPart, FederationError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let parse = |e| multipart_error(what, e, outer, limit);
+
+    let mut metadata = multipart
+        .next_field()
+        .await
+        .map_err(parse)?
+        .ok_or_else(|| bad(what, "the multipart body has no part"))?;
+    let mut size = 0u64;
+    while let Some(chunk) = metadata.chunk().await.map_err(parse)? {
+        size += chunk.len() as u64;
+        if size > METADATA_LIMIT {
+            return Err(bad(what, "the metadata part is larger than 64 KiB"));
+        }
+    }
+    drop(metadata);
+
+    let mut media = multipart
+        .next_field()
+        .await
+        .map_err(parse)?
+        .ok_or_else(|| bad(what, "the multipart body has no media part"))?;
+    let header = |name| {
+        media
+            .headers()
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(CONTENT_TYPE);
+    if let Some(location) = header(LOCATION) {
+        return Ok(MediaPart::Location(location));
+    }
+    let mut written = 0u64;
+    while let Some(chunk) = media.chunk().await.map_err(parse)? {
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(FederationError::TooLarge { limit });
+        }
+        out.write_all(&chunk).map_err(FederationError::Write)?;
+    }
+    Ok(MediaPart::Written(content_type))
 }
 
 fn bad(what: &str, problem: &str) -> FederationError {
@@ -214,7 +243,7 @@ async fn save(
 }
 
 /// The boundary of a `multipart/mixed` content type.
-fn boundary_of(content_type: &str) -> Option<String> {
+pub(super) fn boundary_of(content_type: &str) -> Option<String> {
     let (kind, params) = content_type.split_once(';')?;
     if !kind.trim().eq_ignore_ascii_case("multipart/mixed") {
         return None;
@@ -230,13 +259,13 @@ fn boundary_of(content_type: &str) -> Option<String> {
 /// Hands the multipart parser one chunk per poll: the parser reads every
 /// chunk that is ready before parsing, so on a fast connection it would
 /// otherwise gather much of the body in memory.
-struct OneChunkPerPoll<S> {
+pub(super) struct OneChunkPerPoll<S> {
     inner: S,
     just_yielded: bool,
 }
 
 impl<S> OneChunkPerPoll<S> {
-    fn new(inner: S) -> Self {
+    pub(super) fn new(inner: S) -> Self {
         OneChunkPerPoll {
             inner,
             just_yielded: false,

@@ -13,6 +13,9 @@ mod signing;
 mod srv;
 mod well_known;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 pub use discovery::{Discovery, Resolution};
 pub use error::FederationError;
 pub use keys::{check_server_keys, ServerKeys};

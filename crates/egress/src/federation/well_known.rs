@@ -198,24 +198,29 @@ impl WellKnown {
                 ),
                 other => format!("reading the body failed: {other}"),
             })?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("the body is not JSON: {e}"))?;
-        let server = json
-            .get("m.server")
-            .ok_or("the JSON has no `m.server`")?
-            .as_str()
-            .ok_or("`m.server` is not a string")?;
-        let server = OwnedServerName::try_from(server)
-            .map_err(|e| format!("`m.server` is not a valid server name ({server}): {e}"))?;
-        if server.port() == Some(0) {
-            return Err(format!("`m.server` names port 0 ({server})"));
-        }
-        Ok((server, ttl))
+        Ok((parse_answer(&bytes)?, ttl))
     }
 }
 
+/// The delegated server name in a well-known body.
+pub(super) fn parse_answer(bytes: &[u8]) -> Result<OwnedServerName, String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let server = json
+        .get("m.server")
+        .ok_or("the JSON has no `m.server`")?
+        .as_str()
+        .ok_or("`m.server` is not a string")?;
+    let server = OwnedServerName::try_from(server)
+        .map_err(|e| format!("`m.server` is not a valid server name ({server}): {e}"))?;
+    if server.port() == Some(0) {
+        return Err(format!("`m.server` names port 0 ({server})"));
+    }
+    Ok(server)
+}
+
 /// `Cache-Control: max-age` bounded to 5 minutes – 48 hours; 24 hours without one.
-fn cache_ttl(header: Option<&http::HeaderValue>) -> Duration {
+pub(super) fn cache_ttl(header: Option<&http::HeaderValue>) -> Duration {
     let max_age = header
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {

@@ -40,6 +40,9 @@ mod metrics;
 mod policy;
 mod splice;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -536,12 +539,10 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, kind: BlocklistKi
     }
 }
 
-async fn serve_connection(
-    state: Arc<State>,
-    tcp: tokio::net::TcpStream,
-    client: SocketAddr,
-    kind: BlocklistKind,
-) {
+async fn serve_connection<IO>(state: Arc<State>, tcp: IO, client: SocketAddr, kind: BlocklistKind)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut stop = state.shutdown.clone();
     let service_state = state.clone();
     let service = service_fn(move |req| {

@@ -63,6 +63,36 @@ async fn idle_connections_and_their_keys_are_reaped() {
     assert_eq!(out.pool_stats().idle_connections, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_are_counted_until_they_end() {
+    let origin = Origin::start(None);
+    let out = Outbound::builder(settings("")).build().unwrap();
+    let client = out.client(Purpose::Oidc);
+    let url = origin.url("127.0.0.1", "/busy");
+    // Two responses whose bodies are not read yet: two busy connections.
+    let first = client.get(&url).await.unwrap();
+    let second = client.get(&url).await.unwrap();
+    let stats = out.pool_stats();
+    assert_eq!((stats.busy_connections, stats.idle_connections), (2, 0));
+    // One read to the end goes back to the pool: idle, not busy.
+    first.into_body().collect().await.unwrap();
+    let stats = out.pool_stats();
+    assert_eq!((stats.busy_connections, stats.idle_connections), (1, 1));
+    // One dropped before its end is closed: it stops counting once its
+    // connection has ended (within a scheduler turn or two).
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = out.pool_stats();
+        if stats.busy_connections == 0 {
+            assert_eq!(stats.idle_connections, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still busy: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A listener whose accept queue is full: Linux drops further SYNs, so a
 /// connect attempt hangs until someone's time limit ends it.
 async fn unanswered_port() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {

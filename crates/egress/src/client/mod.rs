@@ -198,7 +198,9 @@ impl Client {
                         peer: key.peer(),
                         source,
                     })?;
+                let open = self.outbound.pool.opened();
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = connection.await {
                         tracing::debug!("connection ended: {e}");
                     }

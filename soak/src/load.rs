@@ -183,6 +183,8 @@ enum Phase {
 }
 
 struct Plan {
+    /// The window of the schedule (main phase only).
+    window: Option<usize>,
     origin: usize,
     op: Op,
     outbound: usize,
@@ -225,6 +227,10 @@ fn choose(rng: &mut Rng, phase: Phase, nginx: &[usize], fake: &[usize], all: usi
     };
     let purpose = [Purpose::Push, Purpose::UrlPreview, Purpose::Oidc][rng.below(3)];
     Plan {
+        window: match phase {
+            Phase::Warmup => None,
+            Phase::Main(start) => Some(window(start.elapsed())),
+        },
         origin,
         op,
         outbound: rng.below(2),
@@ -326,6 +332,8 @@ struct Minute {
     squid_kills: u32,
     fds_max: usize,
     inflight_max: usize,
+    /// Errors by the window of the schedule the request started in.
+    errors_by_window: [u64; 6],
 }
 
 #[derive(Default)]
@@ -425,7 +433,7 @@ async fn soak(config: Value, run: Run) -> i32 {
     stop_workers(&shared, workers).await;
     let warm = std::mem::take(&mut *shared.minute.lock().unwrap());
     let drained = drain(&outbounds, None).await;
-    let baseline = sample(&outbounds);
+    let baseline = Sample::take_trimmed(&outbounds);
     writeln_json(json!({
         "phase": "baseline", "warmup_requests": warm.requests, "warmup_errors": warm.errors,
         "drain_ms": drained.as_ref().map(|d| d.as_millis() as u64).ok(), "sample": baseline.json(),
@@ -481,19 +489,26 @@ async fn soak(config: Value, run: Run) -> i32 {
     let stopped = sample(&outbounds);
     let fds_limit = (baseline.fds as f64 * GROWTH).floor() as usize;
     let drained = drain(&outbounds, Some(fds_limit)).await;
-    let after = sample(&outbounds);
+    let after = Sample::take_trimmed(&outbounds);
     if let Err(e) = &drained {
         shared.fail(
             "file descriptors or pooled connections did not go back to the baseline",
             e.clone(),
         );
     }
-    let rss_limit = (baseline.rss_kib as f64 * GROWTH) as u64;
-    if after.rss_kib > rss_limit {
+    // RSS is compared once glibc has handed back the free memory it keeps
+    // (malloc_trim at both points): a leak stays, reusable free pages do not.
+    let (base_rss, after_rss) = (
+        baseline.trimmed_kib.unwrap_or(baseline.rss_kib),
+        after.trimmed_kib.unwrap_or(after.rss_kib),
+    );
+    let rss_limit = (base_rss as f64 * GROWTH) as u64;
+    if after_rss > rss_limit {
         shared.fail(
             "RSS did not go back to the baseline",
             format!(
-                "{} KiB after, baseline {} KiB (limit {rss_limit})",
+                "{after_rss} KiB after (trimmed; {} KiB before trimming), baseline {base_rss} KiB \
+                 (trimmed; {} KiB before), limit {rss_limit} KiB",
                 after.rss_kib, baseline.rss_kib
             ),
         );
@@ -521,22 +536,30 @@ async fn soak(config: Value, run: Run) -> i32 {
     writeln_json(json!({"verdict": verdict, "reasons": reasons, "error_examples": examples}));
 
     eprintln!("\n{}", table(&rows));
+    let mib = |kib: u64| kib as f64 / 1024.0;
     eprintln!(
-        "baseline (after warm-up, pool drained): RSS {:.1} MiB, {} fds\n\
-         at the end of the load:                RSS {:.1} MiB, {} fds, pool {} idle / {} busy\n\
-         after the idle timeout ({}):   RSS {:.1} MiB, {} fds, pool {} idle / {} busy (limits: {:.1} MiB, {} fds)",
-        baseline.rss_kib as f64 / 1024.0,
-        baseline.fds,
-        stopped.rss_kib as f64 / 1024.0,
+        "baseline (after warm-up, pool drained): RSS {:.1} MiB ({:.1} MiB trimmed), {} fds",
+        mib(baseline.rss_kib),
+        mib(base_rss),
+        baseline.fds
+    );
+    eprintln!(
+        "at the end of the load:                 RSS {:.1} MiB, {} fds, pool {} idle / {} busy",
+        mib(stopped.rss_kib),
         stopped.fds,
         stopped.pool.idle_connections,
-        stopped.pool.busy_connections,
+        stopped.pool.busy_connections
+    );
+    eprintln!(
+        "after the pool's idle timeout ({}): RSS {:.1} MiB ({:.1} MiB trimmed), {} fds, pool {} idle / {} busy; \
+         limits {:.1} MiB trimmed, {} fds",
         drained.as_ref().map_or_else(|_| "not drained".to_owned(), |d| format!("drained in {:.1} s", d.as_secs_f64())),
-        after.rss_kib as f64 / 1024.0,
+        mib(after.rss_kib),
+        mib(after_rss),
         after.fds,
         after.pool.idle_connections,
         after.pool.busy_connections,
-        rss_limit as f64 / 1024.0,
+        mib(rss_limit),
         fds_limit,
     );
     if !examples.is_empty() {
@@ -594,8 +617,9 @@ fn start_workers(
             let (shared, outbounds, origins) = (shared.clone(), outbounds.clone(), origins.clone());
             let (nginx, fake) = (nginx.clone(), fake.clone());
             tokio::spawn(async move {
-                let mut rng =
-                    Rng(0x9E37_79B9_7F4A_7C15 ^ ((id as u64 + 1) * 0x2545_F491_4F6C_DD1D));
+                let mut rng = Rng(
+                    0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
+                );
                 while !shared.stop.load(Ordering::SeqCst) {
                     let plan = choose(&mut rng, phase, &nginx, &fake, origins.len());
                     one(&shared, &outbounds, &origins, &plan).await;
@@ -733,6 +757,9 @@ async fn one(shared: &Shared, outbounds: &[Outbound; 2], origins: &[Origin], pla
         }
         Err(Some(e)) => {
             let detail = detail(&e);
+            if let Some(w) = plan.window {
+                m.errors_by_window[w] += 1;
+            }
             match classify(&e) {
                 Class::Expected(kind) => *m.errors.entry(kind).or_default() += 1,
                 Class::Unexpected(kind) => {
@@ -848,6 +875,8 @@ async fn drain(outbounds: &[Outbound; 2], fds: Option<usize>) -> Result<Duration
 #[derive(Clone, Copy)]
 struct Sample {
     rss_kib: u64,
+    /// RSS after `malloc_trim(0)` (baseline and after the load only).
+    trimmed_kib: Option<u64>,
     fds: usize,
     pool: PoolStats,
 }
@@ -863,13 +892,24 @@ impl Sample {
         }
         Sample {
             rss_kib: rss_kib(),
+            trimmed_kib: None,
             fds: count_fds(),
             pool,
         }
     }
 
+    /// The same, and then the RSS once glibc has given back the free memory
+    /// it keeps in its arenas: what the process still uses.
+    fn take_trimmed(outbounds: &[Outbound; 2]) -> Sample {
+        let mut s = Sample::take(outbounds);
+        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        s.trimmed_kib = Some(rss_kib());
+        s
+    }
+
     fn json(&self) -> Value {
-        json!({"rss_kib": self.rss_kib, "fds": self.fds, "pool_idle": self.pool.idle_connections,
+        json!({"rss_kib": self.rss_kib, "rss_trimmed_kib": self.trimmed_kib, "fds": self.fds, "pool_idle": self.pool.idle_connections,
                "pool_busy": self.pool.busy_connections, "pool_keys": self.pool.keys})
     }
 }
@@ -900,6 +940,7 @@ struct Row {
     squid_kills: u32,
     inflight_max: usize,
     fds_max: usize,
+    errors_by_window: [u64; 6],
     sample: Sample,
 }
 
@@ -917,6 +958,7 @@ impl Row {
             squid_kills: m.squid_kills,
             inflight_max: m.inflight_max,
             fds_max: m.fds_max.max(sample.fds),
+            errors_by_window: m.errors_by_window,
             sample: *sample,
         }
     }
@@ -936,6 +978,7 @@ impl Row {
             "slowest_ms": self.slowest.as_ref().map(|s| s.0.as_millis() as u64),
             "slowest": self.slowest.as_ref().map(|s| s.1.clone()),
             "squid_kills": self.squid_kills,
+            "errors_by_window": WINDOWS.iter().zip(self.errors_by_window).map(|(w, n)| (w.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
 

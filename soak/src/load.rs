@@ -334,6 +334,7 @@ struct Minute {
     inflight_max: usize,
     /// Errors by the window of the schedule the request started in.
     errors_by_window: [u64; 6],
+    details_by_window: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -759,6 +760,9 @@ async fn one(shared: &Shared, outbounds: &[Outbound; 2], origins: &[Origin], pla
             let detail = detail(&e);
             if let Some(w) = plan.window {
                 m.errors_by_window[w] += 1;
+                *m.details_by_window
+                    .entry(format!("{}: {detail}", WINDOWS[w]))
+                    .or_default() += 1;
             }
             match classify(&e) {
                 Class::Expected(kind) => *m.errors.entry(kind).or_default() += 1,
@@ -941,6 +945,7 @@ struct Row {
     inflight_max: usize,
     fds_max: usize,
     errors_by_window: [u64; 6],
+    details_by_window: BTreeMap<String, u64>,
     sample: Sample,
 }
 
@@ -959,6 +964,7 @@ impl Row {
             inflight_max: m.inflight_max,
             fds_max: m.fds_max.max(sample.fds),
             errors_by_window: m.errors_by_window,
+            details_by_window: m.details_by_window.clone(),
             sample: *sample,
         }
     }
@@ -978,6 +984,7 @@ impl Row {
             "slowest_ms": self.slowest.as_ref().map(|s| s.0.as_millis() as u64),
             "slowest": self.slowest.as_ref().map(|s| s.1.clone()),
             "squid_kills": self.squid_kills,
+            "error_details_by_window": self.details_by_window,
             "errors_by_window": WINDOWS.iter().zip(self.errors_by_window).map(|(w, n)| (w.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }

@@ -153,7 +153,7 @@ async fn closing_origin() -> (u16, Arc<Mutex<Vec<(usize, String)>>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_closed_between_requests_is_replaced_for_idempotent_requests() {
+async fn a_pooled_connection_closed_between_requests_is_replaced_for_a_get_not_for_a_post() {
     let (port, seen) = closing_origin().await;
     let out = Outbound::builder(settings("")).build().unwrap();
     let client = out.client(Purpose::Oidc);

@@ -202,10 +202,11 @@ impl Client {
         // A server may close a keep-alive connection between requests, and the
         // close may cross our next request on the wire. On a reused connection
         // that ends before any response, the request is sent once more on a new
-        // connection, as Twisted's pool does for Synapse: when it was never
-        // written (hyper gives it back), or when its method is idempotent
-        // (RFC 9110 §9.2.2), for which a copy is kept.
-        let spare = (reused && request.method().is_idempotent()).then(|| clone_request(&request));
+        // connection: when it was never written (hyper gives it back), or when
+        // Twisted's pool would resend it for Synapse (GET, HEAD, OPTIONS, DELETE
+        // or TRACE without a body, idempotent by RFC 9110 §9.2.2), for which a
+        // copy is kept.
+        let spare = (reused && resendable(&request)).then(|| clone_request(&request));
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut failed) => {
@@ -327,6 +328,20 @@ fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Targe
                 .unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
+}
+
+/// Whether a request that may have reached the server can be sent again
+/// when its reused connection ends before any response: the methods and the
+/// empty body Twisted's `HTTPConnectionPool` retries (`_shouldRetry`).
+fn resendable(request: &Request<RequestBody>) -> bool {
+    use http::Method;
+    let method = request.method();
+    (method == Method::GET
+        || method == Method::HEAD
+        || method == Method::OPTIONS
+        || method == Method::DELETE
+        || method == Method::TRACE)
+        && http_body::Body::is_end_stream(request.body())
 }
 
 fn clone_request(request: &Request<RequestBody>) -> Request<RequestBody> {

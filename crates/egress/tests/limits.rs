@@ -97,8 +97,9 @@ async fn busy_connections_are_counted_until_they_end() {
 /// The fake for a fault no real server produces on demand: an origin that
 /// answers the first request on each connection (keep-alive) and closes the
 /// connection, unanswered, when the next request on it arrives, the race a
-/// server's keep-alive timeout makes. Records `(connection, request line)`.
-async fn closing_origin() -> (u16, Arc<Mutex<Vec<(usize, String)>>>) {
+/// server's keep-alive timeout makes: with a FIN, or with a reset (`reset`).
+/// Records `(connection, request line)`.
+async fn closing_origin(reset: bool) -> (u16, Arc<Mutex<Vec<(usize, String)>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -139,6 +140,9 @@ async fn closing_origin() -> (u16, Arc<Mutex<Vec<(usize, String)>>>) {
                     buf.drain(..need);
                     record.lock().unwrap().push((id, line));
                     if answered > 0 {
+                        if reset {
+                            tcp.set_zero_linger().unwrap();
+                        }
                         return; // closed, unanswered
                     }
                     let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -154,46 +158,50 @@ async fn closing_origin() -> (u16, Arc<Mutex<Vec<(usize, String)>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closed_between_requests_is_replaced_for_a_get_not_for_a_post() {
-    let (port, seen) = closing_origin().await;
-    let out = Outbound::builder(settings("")).build().unwrap();
-    let client = out.client(Purpose::Oidc);
-    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
-    let body = |r: http::Response<egress::Body>| async {
-        r.into_body().collect().await.unwrap().to_bytes()
-    };
+    for reset in [false, true] {
+        let (port, seen) = closing_origin(reset).await;
+        let out = Outbound::builder(settings("")).build().unwrap();
+        let client = out.client(Purpose::Oidc);
+        let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        let body = |r: http::Response<egress::Body>| async {
+            r.into_body().collect().await.unwrap().to_bytes()
+        };
 
-    let first = client.get(&url("/first")).await.unwrap();
-    assert_eq!(&body(first).await[..], b"ok");
-    assert_eq!(out.pool_stats().idle_connections, 1);
+        let first = client.get(&url("/first")).await.unwrap();
+        assert_eq!(&body(first).await[..], b"ok");
+        assert_eq!(out.pool_stats().idle_connections, 1);
 
-    // The pooled connection is closed when the GET arrives on it: the GET is
-    // sent again on a new connection, and succeeds.
-    let again = client.get(&url("/again")).await.unwrap();
-    assert_eq!(&body(again).await[..], b"ok");
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [
-            (1, "GET /FIRST HTTP/1.1".to_owned()),
-            (1, "GET /AGAIN HTTP/1.1".to_owned()),
-            (2, "GET /AGAIN HTTP/1.1".to_owned()),
-        ]
-    );
+        // The pooled connection is closed (or reset) when the GET arrives on
+        // it: the GET is sent again on a new connection, and succeeds.
+        let again = client.get(&url("/again")).await;
+        let again = again.unwrap_or_else(|e| panic!("reset {reset}: {e:?}"));
+        assert_eq!(&body(again).await[..], b"ok");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (1, "GET /FIRST HTTP/1.1".to_owned()),
+                (1, "GET /AGAIN HTTP/1.1".to_owned()),
+                (2, "GET /AGAIN HTTP/1.1".to_owned()),
+            ],
+            "reset {reset}"
+        );
 
-    // A POST is not idempotent: written once, on the pooled connection, which
-    // closes; the caller gets the error, and nothing is sent again.
-    let post = http::Request::post(url("/post"))
-        .body(egress::RequestBody::from("data"))
-        .unwrap();
-    let err = client.send(post).await.unwrap_err();
-    assert!(matches!(err, Error::Http { .. }), "{err:?}");
-    let posts: Vec<_> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, line)| line.starts_with("POST"))
-        .cloned()
-        .collect();
-    assert_eq!(posts, [(2, "POST /POST HTTP/1.1".to_owned())]);
+        // A POST is not resent: written once, on the pooled connection, which
+        // closes; the caller gets the error, and nothing is sent again.
+        let post = http::Request::post(url("/post"))
+            .body(egress::RequestBody::from("data"))
+            .unwrap();
+        let err = client.send(post).await.unwrap_err();
+        assert!(matches!(err, Error::Http { .. }), "reset {reset}: {err:?}");
+        let posts: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, line)| line.starts_with("POST"))
+            .cloned()
+            .collect();
+        assert_eq!(posts, [(2, "POST /POST HTTP/1.1".to_owned())], "reset {reset}");
+    }
 }
 
 /// A listener whose accept queue is full: Linux drops further SYNs, so a

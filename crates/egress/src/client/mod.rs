@@ -201,7 +201,8 @@ impl Client {
         }
         // A server may close a keep-alive connection between requests, and the
         // close may cross our next request on the wire. On a reused connection
-        // that ends before any response, the request is sent once more on a new
+        // that ends or breaks before any response (an end of file, a reset, TLS
+        // ending without close_notify), the request is sent once more on a new
         // connection: when it was never written (hyper gives it back), or when
         // Twisted's pool would resend it for Synapse (GET, HEAD, OPTIONS, DELETE
         // or TRACE without a body, idempotent by RFC 9110 §9.2.2), for which a
@@ -214,7 +215,7 @@ impl Client {
                 let again = match (reused, unsent, spare) {
                     (false, _, _) => None,
                     (true, Some(request), _) => Some(request),
-                    (true, None, spare) => spare.filter(|_| failed.error().is_incomplete_message()),
+                    (true, None, spare) => spare.filter(|_| connection_broke(failed.error())),
                 };
                 let Some(request) = again else {
                     return Err(Error::Http {
@@ -328,6 +329,14 @@ fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Targe
                 .unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
+}
+
+/// The connection ended under a request before the response head: the
+/// peer closed it (end of file) or it broke (an I/O error: a reset, TLS
+/// ending without close_notify), as opposed to a protocol error.
+fn connection_broke(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Whether a request that may have reached the server can be sent again

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, HOST, PROXY_AUTHORIZATION};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 pub use self::body::Body;
@@ -180,31 +181,14 @@ impl Client {
         let key = PoolKey::new(&route, &target);
         prepare(&mut request, &route, &target);
 
-        let mut sender = match self.outbound.pool.checkout(&key).await {
+        let pooled = self.outbound.pool.checkout(&key).await;
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
             Some(sender) => {
                 tracing::debug!(?key, "reusing a pooled connection");
                 sender
             }
-            None => {
-                let stream = self
-                    .outbound
-                    .connector(self.purpose)
-                    .connect(&route, &target)
-                    .await?;
-                let (sender, connection) = hyper::client::conn::http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| Error::Http {
-                        peer: key.peer(),
-                        source,
-                    })?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-                sender
-            }
+            None => self.new_connection(&route, &target, &key).await?,
         };
         if let Route::Forward { proxy, .. } = route {
             tracing::info!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
@@ -215,13 +199,41 @@ impl Client {
             tracing::info!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
                 request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
         }
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| Error::Http {
-                peer: key.peer(),
-                source,
-            })?;
+        // A server may close a keep-alive connection between requests, and the
+        // close may cross our next request on the wire. On a reused connection
+        // that ends or breaks before any response (an end of file, a reset, TLS
+        // ending without close_notify), the request is sent once more on a new
+        // connection: when it was never written (hyper gives it back), or when
+        // Twisted's pool would resend it for Synapse (GET, HEAD, OPTIONS, DELETE
+        // or TRACE without a body, idempotent by RFC 9110 §9.2.2), for which a
+        // copy is kept.
+        let spare = (reused && resendable(&request)).then(|| clone_request(&request));
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut failed) => {
+                let unsent = failed.take_message();
+                let again = match (reused, unsent, spare) {
+                    (false, _, _) => None,
+                    (true, Some(request), _) => Some(request),
+                    (true, None, spare) => spare.filter(|_| connection_broke(failed.error())),
+                };
+                let Some(request) = again else {
+                    return Err(Error::Http {
+                        peer: key.peer(),
+                        source: failed.into_error(),
+                    });
+                };
+                tracing::debug!(?key, "the pooled connection ended before a response ({}): sending again on a new connection", failed.error());
+                sender = self.new_connection(&route, &target, &key).await?;
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|source| Error::Http {
+                        peer: key.peer(),
+                        source,
+                    })?
+            }
+        };
         tracing::info!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
         if let Route::Forward { proxy, .. } = route {
             // A forwarding proxy's own refusal: 407, or a 401 the proxy made
@@ -254,6 +266,35 @@ impl Client {
         };
         let idle = shared.timeouts.body_idle;
         Ok(response.map(|incoming| Body::new(incoming, ret, idle)))
+    }
+
+    /// Opens a connection for `route` and starts its HTTP/1.1 task.
+    async fn new_connection(
+        &self,
+        route: &Route<'_>,
+        target: &Target<'_>,
+        key: &PoolKey,
+    ) -> Result<SendRequest<RequestBody>, Error> {
+        let stream = self
+            .outbound
+            .connector(self.purpose)
+            .connect(route, target)
+            .await?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| Error::Http {
+                peer: key.peer(),
+                source,
+            })?;
+        let open = self.outbound.pool.opened();
+        tokio::spawn(async move {
+            let _open = open;
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -288,6 +329,28 @@ fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Targe
                 .unwrap_or_else(|_| Uri::from_static("/"));
         }
     }
+}
+
+/// The connection ended under a request before the response head: the
+/// peer closed it (end of file) or it broke (an I/O error: a reset, TLS
+/// ending without close_notify), as opposed to a protocol error.
+fn connection_broke(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// Whether a request that may have reached the server can be sent again
+/// when its reused connection ends before any response: the methods and the
+/// empty body Twisted's `HTTPConnectionPool` retries (`_shouldRetry`).
+fn resendable(request: &Request<RequestBody>) -> bool {
+    use http::Method;
+    let method = request.method();
+    (method == Method::GET
+        || method == Method::HEAD
+        || method == Method::OPTIONS
+        || method == Method::DELETE
+        || method == Method::TRACE)
+        && http_body::Body::is_end_stream(request.body())
 }
 
 fn clone_request(request: &Request<RequestBody>) -> Request<RequestBody> {

@@ -9,6 +9,7 @@
 //! and a key is removed with its last connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -93,9 +94,24 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     max_idle_per_key: usize,
     idle_timeout: Duration,
+    /// Connections open, idle or not: from the HTTP handshake until the
+    /// connection's task ends.
+    open: Arc<AtomicUsize>,
 }
 
-/// How many idle connections a pool holds, and under how many keys.
+/// Counts one open connection for as long as it lives (held by the
+/// connection's task, so it ends when the connection ends or its runtime
+/// shuts down).
+pub(crate) struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many idle connections a pool holds, and under how many keys; how
+/// many of its connections are busy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PoolStats {
@@ -103,6 +119,11 @@ pub struct PoolStats {
     pub idle_connections: usize,
     /// Keys (routes) with at least one idle connection.
     pub keys: usize,
+    /// Open connections that are not idle: carrying a request or its
+    /// response, or closing. Counted from the HTTP handshake until the
+    /// connection has ended, so a connection that is never returned nor
+    /// closed stays counted here.
+    pub busy_connections: usize,
 }
 
 impl Pool {
@@ -111,7 +132,14 @@ impl Pool {
             state: Mutex::new(State::default()),
             max_idle_per_key,
             idle_timeout,
+            open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Counts a new connection as open until the returned guard is dropped.
+    pub(crate) fn opened(&self) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.open.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -121,9 +149,16 @@ impl Pool {
 
     pub(crate) fn stats(&self) -> PoolStats {
         let state = self.lock();
+        let idle_connections = state.idle.values().map(Vec::len).sum();
         PoolStats {
-            idle_connections: state.idle.values().map(Vec::len).sum(),
+            idle_connections,
             keys: state.idle.len(),
+            // Read under the lock, after the idle count; a connection that
+            // closes in between is at most momentarily missing from both.
+            busy_connections: self
+                .open
+                .load(Ordering::Relaxed)
+                .saturating_sub(idle_connections),
         }
     }
 

@@ -1,0 +1,125 @@
+//! The Rust side of the soak under faults (issue 11), driven by `soak/run`.
+//!
+//! ```text
+//! egress-soak certs DIR
+//! egress-soak fake-origin --dir DIR --cert FILE --key FILE --http FIRST:COUNT --https FIRST:COUNT
+//! egress-soak load --config FILE --out FILE --minutes N [--warmup SECONDS] [--slack-ms MS]
+//! ```
+//!
+//! * `certs` makes a test CA and one server certificate for `*.soak.test`,
+//!   `localhost` and 127.0.0.1 (nginx, stunnel and the fake origin use it).
+//! * `fake-origin` is the **fake for faults**: a small HTTP/1.1 server for the
+//!   behaviours no real server produces on request (a reset mid-body, a stall
+//!   mid-body, a close right after a keep-alive response). Its normal paths
+//!   answer like the real origins.
+//! * `load` is the load: egress's own client at concurrency 64 through squid
+//!   (basic auth) and stunnel in front of squid, to every origin, with the
+//!   fault schedule; it records every minute and checks for leaks at the end.
+//!   It asks `soak/run` to kill and restart squid by printing `squid-kill` /
+//!   `squid-start` on stdout and waits for `ok` on stdin.
+
+mod fake;
+mod load;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        usage("missing subcommand");
+    };
+    let opts = parse_opts(rest);
+    let code = match command.as_str() {
+        "certs" => {
+            let Some(dir) = rest.first() else {
+                usage("certs needs a folder")
+            };
+            certs(Path::new(dir));
+            0
+        }
+        "fake-origin" => fake::main(&opts),
+        "load" => load::main(&opts),
+        other => usage(&format!("unknown subcommand {other}")),
+    };
+    std::process::exit(code);
+}
+
+pub(crate) fn usage(problem: &str) -> ! {
+    eprintln!(
+        "egress-soak: {problem}\nusage: egress-soak certs|fake-origin|load ... (see soak/src/main.rs)"
+    );
+    std::process::exit(2);
+}
+
+fn parse_opts(args: &[String]) -> HashMap<String, String> {
+    let mut opts = HashMap::new();
+    let mut it = args.iter();
+    while let Some(name) = it.next() {
+        let Some(name) = name.strip_prefix("--") else {
+            continue;
+        };
+        let Some(value) = it.next() else {
+            usage(&format!("--{name} needs a value"));
+        };
+        opts.insert(name.to_owned(), value.clone());
+    }
+    opts
+}
+
+pub(crate) fn opt<'a>(opts: &'a HashMap<String, String>, name: &str) -> &'a str {
+    opts.get(name)
+        .map(String::as_str)
+        .unwrap_or_else(|| usage(&format!("--{name} is required")))
+}
+
+pub(crate) fn opt_num<T: std::str::FromStr>(
+    opts: &HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> T {
+    match opts.get(name) {
+        None => default,
+        Some(v) => v
+            .parse()
+            .unwrap_or_else(|_| usage(&format!("--{name}: not a number: {v}"))),
+    }
+}
+
+/// A test CA and a server certificate it issued, as PEM files in `dir`:
+/// `ca.pem`, `server.crt`, `server.key`, and `server.pem` (both, for stunnel).
+fn certs(dir: &Path) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "egress soak test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let names = vec![
+        "*.soak.test".to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "*.soak.test");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.join(name).display()))
+    };
+    write("ca.pem", &ca_cert.pem());
+    write("server.crt", &cert.pem());
+    write("server.key", &key.serialize_pem());
+    write(
+        "server.pem",
+        &format!("{}{}", cert.pem(), key.serialize_pem()),
+    );
+}

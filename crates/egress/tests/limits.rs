@@ -200,7 +200,11 @@ async fn a_pooled_connection_closed_between_requests_is_replaced_for_a_get_not_f
             .filter(|(_, line)| line.starts_with("POST"))
             .cloned()
             .collect();
-        assert_eq!(posts, [(2, "POST /POST HTTP/1.1".to_owned())], "reset {reset}");
+        assert_eq!(
+            posts,
+            [(2, "POST /POST HTTP/1.1".to_owned())],
+            "reset {reset}"
+        );
     }
 }
 

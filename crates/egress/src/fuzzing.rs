@@ -14,8 +14,11 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::proxy_url::Credentials;
 use crate::{NoProxy, NoProxyMatch, ProxyUrl};
 
+/// A target's name and entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets, by name: what `fuzz/` builds and the replay test runs.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("proxy_url", proxy_url),
     ("no_proxy", no_proxy),
     ("connect_reply", connect_reply),

@@ -40,9 +40,11 @@ fn fixture() -> &'static Mutex<Fixture> {
             .expect("runtime");
         let (sender, receiver) = watch::channel(false);
         let (open, with_users) = runtime.block_on(async {
-            let mut config = ServeConfig::default();
-            // Never asked: every name is denied before resolution.
-            config.dns_server = Some(SocketAddr::from(([127, 0, 0, 1], 9)));
+            let config = ServeConfig {
+                // Never asked: every name is denied before resolution.
+                dns_server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+                ..ServeConfig::default()
+            };
             let deny_all = ServePolicy::new(ProxySettings::none()).deny_domains(["*"]);
             // A `{SHA}` entry (fast to check) for user `fuzz`, password `fuzz`.
             let users = Htpasswd::parse("fuzz:{SHA}BJLg30AHfASxlD3BqtsyxlkID6w=\n", "fuzz")

@@ -306,6 +306,27 @@ fn read_reply_from(chunks: Vec<Vec<u8>>) -> Result<crate::connect::tunnel::Reply
         .map_err(|(problem, _)| problem)
 }
 
+/// Splits `rest` into chunks at the positions `cuts` names (each byte a
+/// fraction of the length, in 256ths): how targets deliver input across reads.
+pub(crate) fn split_at_cuts<'a>(cuts: &[u8], rest: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .map(|c| usize::from(*c) * rest.len() / 256)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for point in points {
+        if point > start {
+            chunks.push(&rest[start..point]);
+            start = point;
+        }
+    }
+    chunks.push(&rest[start..]);
+    chunks
+}
+
 /// The proxy's reply to CONNECT: byte 0 the number of cut points, then the
 /// cut points, then the reply, delivered split at the cut points. The reply
 /// read is the same however it is split, and the bytes kept for the tunnel
@@ -316,21 +337,10 @@ pub fn connect_reply(data: &[u8]) {
     };
     let cuts = usize::from(cuts % 32).min(rest.len());
     let (cuts, reply) = rest.split_at(cuts);
-    let mut points: Vec<usize> = cuts
-        .iter()
-        .map(|c| usize::from(*c) * reply.len() / 256)
+    let chunks = split_at_cuts(cuts, reply)
+        .into_iter()
+        .map(<[u8]>::to_vec)
         .collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for point in points {
-        if point > start {
-            chunks.push(reply[start..point].to_vec());
-            start = point;
-        }
-    }
-    chunks.push(reply[start..].to_vec());
     let split = read_reply_from(chunks);
     if let Ok((_, line, _, _)) = &split {
         assert!(line.starts_with("HTTP/1."), "{line}");

@@ -116,26 +116,6 @@ impl http_body::Body for Chunks {
     }
 }
 
-/// Splits `rest` into chunks at the positions named by `cuts`.
-pub(crate) fn split_at_cuts(cuts: &[u8], rest: &[u8]) -> Vec<Bytes> {
-    let mut points: Vec<usize> = cuts
-        .iter()
-        .map(|c| usize::from(*c) * rest.len() / 256)
-        .collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    for point in points {
-        if point > start {
-            chunks.push(Bytes::copy_from_slice(&rest[start..point]));
-            start = point;
-        }
-    }
-    chunks.push(Bytes::copy_from_slice(&rest[start..]));
-    chunks
-}
-
 /// The remote media answer: byte 0 the media limit (in units of 16 bytes),
 /// byte 1 the number of cut points, then those cut points, then a
 /// `Content-Type` line, then the body, delivered in chunks split at the cut
@@ -154,7 +134,10 @@ pub(crate) fn media(data: &[u8]) {
     let Some(boundary) = std::str::from_utf8(content_type).ok().and_then(boundary_of) else {
         return;
     };
-    let chunks = split_at_cuts(cuts, body);
+    let chunks: Vec<Bytes> = crate::fuzzing::split_at_cuts(cuts, body)
+        .into_iter()
+        .map(Bytes::copy_from_slice)
+        .collect();
     let outer = limit + METADATA_LIMIT;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::Engine as _;
 use http::HeaderValue;
-use percent_encoding::percent_decode_str;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// The port used when a proxy URL names none (both schemes), as Synapse does.
 pub const DEFAULT_PROXY_PORT: u16 = 1080;
@@ -175,11 +175,25 @@ impl ProxyUrl {
     }
 }
 
+/// What the display percent-encodes in a user name, so that it parses back
+/// to the same user: controls, space, non-ASCII, and the characters that end
+/// or split the userinfo (`:` `@` `/` `?` `#`), and `%` itself.
+const USERINFO: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'%')
+    .add(b':')
+    .add(b'@')
+    .add(b'/')
+    .add(b'?')
+    .add(b'#')
+    .add(b'[')
+    .add(b']');
+
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://", self.scheme.as_str())?;
         if let Some(credentials) = &self.credentials {
-            f.write_str(credentials.user())?;
+            write!(f, "{}", utf8_percent_encode(credentials.user(), USERINFO))?;
             if credentials.password().is_some() {
                 f.write_str(":***")?;
             }
@@ -433,6 +447,19 @@ mod tests {
         let debug = format!("{url:?} {:?}", url.credentials().unwrap());
         assert!(!debug.contains("s3cret"), "{debug}");
         assert!(debug.contains("alice"), "{debug}");
+    }
+
+    #[test]
+    fn the_display_encodes_the_user_so_that_it_parses_back() {
+        // Found by the proxy_url fuzz target: a decoded `@` or control byte
+        // in the user name made the display unparseable.
+        let url = ok("http://a%40b%3Ac%16%25%20d%C3%A9:pw@proxy:3128");
+        assert_eq!(url.credentials().unwrap().user(), "a@b:c\u{16}% dé");
+        let shown = url.to_string();
+        assert_eq!(shown, "http://a%40b%3Ac%16%25%20d%C3%A9:***@proxy:3128");
+        let again = ok(&shown);
+        assert_eq!(again.credentials().unwrap().user(), "a@b:c\u{16}% dé");
+        assert_eq!(again.host(), url.host());
     }
 
     #[test]

@@ -117,8 +117,9 @@ impl http_body::Body for Chunks {
 }
 
 /// The remote media answer: byte 0 the media limit (in units of 16 bytes),
-/// byte 1 the number of cut points, then those cut points, then a
-/// `Content-Type` line, then the body, delivered in chunks split at the cut
+/// byte 1 the number of cut points, then those cut points, then the
+/// `Content-Type` header's value (`multipart/mixed; boundary=…`, without the
+/// header name) and a `\n`, then the body, delivered in chunks split at the cut
 /// points.
 pub(crate) fn media(data: &[u8]) {
     let [limit, cuts, rest @ ..] = data else {

@@ -78,7 +78,7 @@ pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
         serde_json::from_str(&config).unwrap_or_else(|e| usage(&format!("--config: {e}")));
     let run = Run {
         minutes: opt_num(opts, "minutes", 1.0),
-        warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 15.0)),
+        warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 60.0)),
         slack: Duration::from_millis(opt_num(opts, "slack-ms", 2000)),
         out: opt(opts, "out").to_owned(),
     };
@@ -182,10 +182,20 @@ fn window(since_start: Duration) -> usize {
     ((since_start.as_secs() % 60) / WINDOW.as_secs()) as usize
 }
 
+/// Both phases run the same schedule from their start; only the main
+/// phase's requests are counted by window.
 #[derive(Clone, Copy)]
 enum Phase {
-    Warmup,
+    Warmup(Instant),
     Main(Instant),
+}
+
+impl Phase {
+    fn start(self) -> Instant {
+        match self {
+            Phase::Warmup(start) | Phase::Main(start) => start,
+        }
+    }
 }
 
 struct Plan {
@@ -200,22 +210,12 @@ struct Plan {
 fn choose(rng: &mut Rng, phase: Phase, nginx: &[usize], fake: &[usize], all: usize) -> Plan {
     let r = rng.unit();
     let status = |rng: &mut Rng| Op::Status([500, 502, 503][rng.below(3)]);
-    let fault = match phase {
-        // Every kind, a little, so that the baseline has seen them all.
-        Phase::Warmup => match r {
-            r if r < 0.05 => Some(status(rng)),
-            r if r < 0.07 => Some(Op::Reset),
-            r if r < 0.075 => Some(Op::Stall),
-            r if r < 0.125 => Some(Op::Close),
-            _ => None,
-        },
-        Phase::Main(start) => match window(start.elapsed()) {
-            1 if r < 0.2 => Some(status(rng)),
-            3 if r < 0.2 => Some(Op::Reset),
-            4 if r < 0.01 => Some(Op::Stall),
-            5 if r < 0.2 => Some(Op::Close),
-            _ => None,
-        },
+    let fault = match window(phase.start().elapsed()) {
+        1 if r < 0.2 => Some(status(rng)),
+        3 if r < 0.2 => Some(Op::Reset),
+        4 if r < 0.01 => Some(Op::Stall),
+        5 if r < 0.2 => Some(Op::Close),
+        _ => None,
     };
     let (origin, op) = match fault {
         Some(op @ Op::Status(_)) => (nginx[rng.below(nginx.len())], op),
@@ -234,7 +234,7 @@ fn choose(rng: &mut Rng, phase: Phase, nginx: &[usize], fake: &[usize], all: usi
     let purpose = [Purpose::Push, Purpose::UrlPreview, Purpose::Oidc][rng.below(3)];
     Plan {
         window: match phase {
-            Phase::Warmup => None,
+            Phase::Warmup(_) => None,
             Phase::Main(start) => Some(window(start.elapsed())),
         },
         origin,
@@ -433,11 +433,21 @@ async fn soak(config: Value, run: Run) -> i32 {
         run.warmup
     );
 
-    // Warm-up: the whole mix, no squid kill; then the pool drains and the
-    // baseline is taken.
-    let workers = start_workers(&shared, &outbounds, &origins, Phase::Warmup);
+    // Warm-up: the schedule of the main phase (by default one whole minute:
+    // every fault, squid killed and restarted), so that the caches and pools
+    // have reached the sizes the load gives them; then the pool drains and
+    // the baseline is taken. A leak grows with every further minute; a cache
+    // filling once does not.
+    let warm_start = Instant::now();
+    let workers = start_workers(&shared, &outbounds, &origins, Phase::Warmup(warm_start));
+    let squid = tokio::spawn(squid_schedule(shared.clone(), warm_start, run.warmup));
     tokio::time::sleep(run.warmup).await;
     stop_workers(&shared, workers).await;
+    match squid.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => shared.fail("squid could not be killed and restarted", e),
+        Err(e) => shared.fail("squid could not be killed and restarted", e.to_string()),
+    }
     let warm = std::mem::take(&mut *shared.minute.lock().unwrap());
     let drained = drain(&outbounds, None).await;
     let baseline = Sample::take_trimmed(&outbounds);

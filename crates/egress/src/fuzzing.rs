@@ -38,14 +38,23 @@ pub const TARGETS: &[Target] = &[
 
 /// A password the checks can look for: long enough not to occur by
 /// accident, and found in the input only where the password was written.
+///
+/// The outputs also join hosts, ports and names from the input with `:`,
+/// `@`, `/`, `.` and brackets (`5000…0` and the default port give
+/// `0000:1080`), and lower-case host names: a password holding one of those
+/// characters, or found elsewhere in the input in any case, could be spelled
+/// by the output without being shown, and is not checked. Neither is one
+/// holding the mask `***`, which the display spells itself.
 fn findable(input: &str, raw: &str, decoded: &str) -> bool {
-    // A password holding the mask can be spelled by the display itself
-    // (user, `:***@`, host): no finding.
-    raw.len() >= 6
-        && !raw.contains('*')
-        && !decoded.contains('*')
-        && input.matches(raw).count() == 1
-        && (decoded == raw || (decoded.len() >= 6 && !input.contains(decoded)))
+    let input = input.to_ascii_lowercase();
+    let occurrences = |needle: &str| {
+        if needle.len() < 6 || needle.contains(['*', ':', '@', '/', '.', '[', ']']) {
+            usize::MAX
+        } else {
+            input.matches(&needle.to_ascii_lowercase()).count()
+        }
+    };
+    occurrences(raw) == 1 && (decoded == raw || occurrences(decoded) == 0)
 }
 
 /// The raw (still percent-encoded) password of a proxy URL, if any.

@@ -52,24 +52,31 @@ fn check_resolution(name: &ServerName) {
     let _ = rustls::pki_types::ServerName::try_from(resolution.tls_name.clone());
 }
 
-/// Decides the route of a federation URL through a proxy with a no_proxy list.
+/// Decides the route of a federation URL through a proxy with a no_proxy
+/// list; the explanation is the same whatever the proxy's password (looking
+/// for the password's text instead gives false alarms: a server name may
+/// contain it).
 fn route(url: &str) {
-    static SETTINGS: std::sync::OnceLock<ProxySettings> = std::sync::OnceLock::new();
+    static SETTINGS: std::sync::OnceLock<[ProxySettings; 2]> = std::sync::OnceLock::new();
     let settings = SETTINGS.get_or_init(|| {
-        let env = ProxyEnv::from_vars([
-            ("HTTPS_PROXY", "http://user:secret@proxy.example:3128"),
-            ("NO_PROXY", "bypass.example,10.0.0.0/8,[::1]:8448"),
-        ]);
-        ProxySettings::builder(&env)
-            .build()
-            .expect("valid settings")
+        ["secret", "public"].map(|password| {
+            let proxy = format!("http://user:{password}@proxy.example:3128");
+            let env = ProxyEnv::from_vars([
+                ("HTTPS_PROXY", proxy.as_str()),
+                ("NO_PROXY", "bypass.example,10.0.0.0/8,[::1]:8448"),
+            ]);
+            ProxySettings::builder(&env)
+                .build()
+                .expect("valid settings")
+        })
     });
     let uri: http::Uri = url
         .parse()
         .unwrap_or_else(|e| panic!("the URL `{url}` for a valid server name does not parse: {e}"));
-    let route = Route::decide(settings, Purpose::Federation, &uri);
-    let explained = route.explain();
-    assert!(!explained.contains("secret"), "{explained}");
+    let [a, b] = settings
+        .each_ref()
+        .map(|settings| Route::decide(settings, Purpose::Federation, &uri).explain());
+    assert_eq!(a, b, "the explanation shows the proxy's password");
 }
 
 /// A server name as a remote server or an admin writes it.
@@ -187,6 +194,8 @@ pub(crate) fn x_matrix(data: &[u8]) {
         assert_eq!(again.public_key(), key.public_key());
         let seed = line.split_whitespace().nth(2).unwrap_or_default();
         let shown = format!("{key:?}");
-        assert!(seed.is_empty() || !shown.contains(seed), "{shown}");
+        // (The key's version is shown, and may hold the seed's text.)
+        let spelled = seed.is_empty() || key.key_id().contains(seed);
+        assert!(spelled || !shown.contains(seed), "{shown}");
     }
 }

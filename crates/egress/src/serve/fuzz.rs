@@ -1,6 +1,7 @@
 //! The `fuzzing` feature: serve's connection handler fed arbitrary client
 //! bytes over an in-memory stream, with a policy that refuses every target
-//! before any name is resolved, so nothing reaches the network.
+//! (names before any is resolved, IP literals by the blocklists), so nothing
+//! reaches the network.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -13,7 +14,7 @@ use super::dns::Dns;
 use super::handler::Active;
 use super::metrics::Metrics;
 use super::{serve_connection, Htpasswd, ServeConfig, ServePolicy, State};
-use crate::{BlocklistKind, ProxySettings};
+use crate::{BlocklistKind, ProxyEnv, ProxySettings};
 
 /// One runtime (time paused: timers fire as soon as nothing else can run)
 /// and two servers' states, made once and reused for every input.
@@ -45,7 +46,17 @@ fn fixture() -> &'static Mutex<Fixture> {
                 dns_server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
                 ..ServeConfig::default()
             };
-            let deny_all = ServePolicy::new(ProxySettings::none()).deny_domains(["*"]);
+            // Names are denied by the glob, IP literals by every blocklist
+            // covering every address. (The runtime has no I/O driver: a
+            // connection attempt panics.)
+            let everything = ["0.0.0.0/0", "::/0"];
+            let settings = ProxySettings::builder(&ProxyEnv::default())
+                .ip_range_denylist(everything, "fuzz")
+                .federation_ip_range_denylist(everything, "fuzz")
+                .url_preview_ip_range_denylist(everything, "fuzz")
+                .build()
+                .expect("settings");
+            let deny_all = ServePolicy::new(settings).deny_domains(["*"]);
             // A `{SHA}` entry (fast to check) for user `fuzz`, password `fuzz`.
             let users = Htpasswd::parse("fuzz:{SHA}BJLg30AHfASxlD3BqtsyxlkID6w=\n", "fuzz")
                 .expect("htpasswd");

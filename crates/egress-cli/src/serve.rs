@@ -277,6 +277,10 @@ async fn run(args: Args) -> ExitCode {
     if let Some(addr) = server.metrics_addr() {
         tracing::info!("metrics on http://{addr}/metrics");
     }
+    tracing::info!(
+        "Via name {} (a request that comes back with it is a forwarding loop: 508)",
+        server.via_name()
+    );
     let handle = server.handle();
     let signals = tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

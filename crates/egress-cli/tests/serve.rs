@@ -39,12 +39,17 @@ impl Serve {
     }
 
     fn start_env(name: &str, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
-        Serve::launch(name, yaml, args, env, None)
+        Serve::launch(name, yaml, args, env, None, free_port())
+    }
+
+    /// On a port chosen beforehand (for a parent that must know it).
+    fn start_on(name: &str, yaml: &str, args: &[&str], port: u16) -> Serve {
+        Serve::launch(name, yaml, args, &[], None, port)
     }
 
     /// With stdout a pipe the test holds (and may never read).
     fn start_piped(name: &str, yaml: &str, args: &[&str]) -> (Serve, ChildStdout) {
-        let mut serve = Serve::launch(name, yaml, args, &[], Some(Stdio::piped()));
+        let mut serve = Serve::launch(name, yaml, args, &[], Some(Stdio::piped()), free_port());
         let stdout = serve.child.as_mut().unwrap().stdout.take().unwrap();
         (serve, stdout)
     }
@@ -55,10 +60,11 @@ impl Serve {
         args: &[&str],
         env: &[(&str, &str)],
         stdout: Option<Stdio>,
+        port: u16,
     ) -> Serve {
         let dir = temp_dir(&format!("serve-{name}"));
         std::fs::write(dir.join("homeserver.yaml"), yaml).unwrap();
-        let (port, metrics_port) = (free_port(), free_port());
+        let metrics_port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -122,6 +128,18 @@ impl Serve {
 
     fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The name serve adds to `Via` (`egress-` and 8 hex digits), from its start-up log.
+    fn via_name(&self) -> String {
+        let stderr = self.stderr();
+        let name = stderr
+            .split("Via name ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("serve logged no Via name:\n{stderr}"));
+        assert!(name.starts_with("egress-") && name.len() == 15, "{name}");
+        name.to_owned()
     }
 
     fn metrics(&self) -> String {
@@ -523,7 +541,8 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     .unwrap();
     let head = read_head(&mut tcp);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(header(&head, "via"), Some("1.1 egress"), "{head}");
+    let via = format!("1.1 {}", serve.via_name());
+    assert_eq!(header(&head, "via"), Some(via.as_str()), "{head}");
     let mut reader = BufReader::new(tcp.try_clone().unwrap());
     let echoed = read_body(&mut reader, &head);
     assert_eq!(echoed.len(), body.len());
@@ -546,7 +565,7 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     assert_eq!(seen.len(), 2);
     for headers in &seen {
         assert_eq!(headers["host"], format!("localhost:{}", echo.port));
-        assert_eq!(headers["via"], "1.1 egress");
+        assert_eq!(headers["via"], via);
         for gone in ["proxy-authorization", "proxy-connection", "x-private"] {
             assert!(
                 !headers.contains_key(gone),
@@ -921,6 +940,89 @@ fn a_parent_that_wants_credentials_is_a_502_that_says_so() {
     assert!(
         !body.contains("wrong") && !serve.stderr().contains("wrong"),
         "password shown: {body}"
+    );
+}
+
+/// A parent proxy that sends serve's requests back to serve: real tinyproxy
+/// with serve as its `Upstream`. serve names itself in `Via` (tinyproxy
+/// passes `Via` on, for CONNECT too) and refuses what comes back with its own
+/// name: one extra hop, then 508, instead of hops until the parent is full.
+#[test]
+fn a_forwarding_loop_through_a_parent_is_refused_on_its_first_return() {
+    let echo = Echo::start("127.0.0.1");
+    let serve_port = free_port();
+    let dir = temp_dir("tinyproxy-loop");
+    let tiny_port = free_port();
+    std::fs::write(
+        dir.join("tinyproxy.conf"),
+        format!(
+            "Port {tiny_port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Connect\n\
+             ConnectPort {}\nUpstream http 127.0.0.1:{serve_port}\n",
+            echo.port
+        ),
+    )
+    .unwrap();
+    let log = dir.join("out.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(require("tinyproxy"));
+    cmd.arg("-d").arg("-c").arg(dir.join("tinyproxy.conf"));
+    cmd.stdout(out.try_clone().unwrap()).stderr(out);
+    let mut tinyproxy = spawn(cmd);
+    wait_for_port(&mut tinyproxy, tiny_port, "tinyproxy", &log);
+    let serve = Serve::start_on(
+        "loop",
+        &allow(&["127.0.0.1/32"]),
+        &["--upstream", &format!("http://127.0.0.1:{tiny_port}")],
+        serve_port,
+    );
+    let name = serve.via_name();
+    let tinyproxy_requests = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Request (file descriptor")
+            .count()
+    };
+
+    // CONNECT: serve -> tinyproxy -> serve, which refuses; the client gets a
+    // 502 naming the parent's 508.
+    let started = Instant::now();
+    let (head, tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT 127.0.0.1:{} HTTP/1.1\r\n\r\n", echo.port),
+    );
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let body = String::from_utf8_lossy(&read_body(&mut BufReader::new(tcp), &head)).into_owned();
+    assert!(body.contains("508 Loop Detected"), "{body}");
+    let refused = serve.record(|r| r["status"] == 508);
+    assert_eq!(refused["method"], "CONNECT");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("forwarding loop") && reason.contains(&name),
+        "{reason}"
+    );
+    assert_eq!(tinyproxy_requests(), 1, "one hop through the parent");
+    serve_row(
+        "S16",
+        "parent proxy sends the tunnel back to serve (forwarding loop)",
+        "tinyproxy (Upstream: serve)",
+        status_of(&head),
+        format!(
+            "failed: {}; the returning CONNECT logged `denied: forwarding loop`",
+            body.trim()
+        ),
+        took,
+    );
+
+    // A forwarded request: the same, and the 508 itself comes back.
+    let (head, body) = get_through(&serve, &format!("http://127.0.0.1:{}/looped", echo.port));
+    assert!(head.starts_with("HTTP/1.1 508"), "{head}{body}");
+    assert_eq!(tinyproxy_requests(), 2);
+    assert_eq!(echo.accepted(), 0, "the origin was never reached");
+    let metrics = serve.metrics();
+    assert!(
+        metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="loop"} 2"#),
+        "{metrics}"
     );
 }
 

@@ -104,7 +104,7 @@ pub async fn check_proxy(
     };
     let Some(target) = target else { return checks };
     let name = format!("CONNECT {target} through {key}");
-    match connector.tunnel(stream, proxy, key, target).await {
+    match connector.tunnel(stream, proxy, key, target, None).await {
         Ok(_) => checks.push(pass(
             ProxyCheckStep::Connect,
             key,

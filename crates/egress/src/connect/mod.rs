@@ -217,7 +217,7 @@ impl Connector {
             Route::Tunnel { proxy, .. } => {
                 let stream = self.proxy_stream(proxy, connect_limit).await?;
                 let stream = self
-                    .tunnel(stream, proxy, "https_proxy", &authority)
+                    .tunnel(stream, proxy, "https_proxy", &authority, None)
                     .await?;
                 match target.scheme {
                     Scheme::Http => Ok(stream),
@@ -272,12 +272,14 @@ impl Connector {
         proxy: &ProxyUrl,
         key: &'static str,
         target: &str,
+        via: Option<&http::HeaderValue>,
     ) -> Result<Stream, Error> {
         tunnel::connect(
             stream,
             proxy,
             key,
             target,
+            via,
             self.shared.timeouts.connect_reply,
         )
         .await

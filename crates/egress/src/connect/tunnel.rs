@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::stream::Stream;
@@ -27,16 +28,23 @@ pub(crate) fn authority(host: &str, port: u16) -> String {
 
 /// Asks the proxy on `stream` for a tunnel to `target` (`host:port`) and
 /// returns the stream, now connected to the target. Bytes the proxy sent after
-/// its reply belong to the tunnel and are kept.
+/// its reply belong to the tunnel and are kept. `via` is sent as the `Via`
+/// header (serve, tunnelling through its parent).
 pub(crate) async fn connect(
     mut stream: Stream,
     proxy: &ProxyUrl,
     key: &'static str,
     target: &str,
+    via: Option<&HeaderValue>,
     reply_timeout: Duration,
 ) -> Result<Stream, Error> {
     let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     tracing::info!(target: "egress::wire", "> CONNECT {target} HTTP/1.1 (to proxy {proxy})");
+    if let Some(via) = via.and_then(|v| v.to_str().ok()) {
+        request.push_str("Via: ");
+        request.push_str(via);
+        request.push_str("\r\n");
+    }
     if let Some(credentials) = proxy.credentials() {
         let value = credentials
             .proxy_authorization()
@@ -242,6 +250,7 @@ mod tests {
             &proxy,
             "https_proxy",
             "localhost:1",
+            None,
             Duration::from_secs(5),
         )
         .await

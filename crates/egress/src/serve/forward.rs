@@ -35,9 +35,6 @@ const POOL_PER_ADDRESS: usize = 128;
 /// Idle pooled connections are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// The `Via` value serve adds.
-const VIA: &str = "1.1 egress";
-
 /// hyper-util's pooled client, one for direct targets and one through the
 /// `http://` parent (when there is one).
 pub(crate) struct ForwardClient {
@@ -153,21 +150,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn add_via(headers: &mut HeaderMap, version: Version) {
-    let ours = if version == Version::HTTP_10 {
-        "1.0 egress"
-    } else {
-        VIA
-    };
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ours}"),
-        None => ours.to_owned(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(header::VIA, value);
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
     state: Arc<State>,
@@ -208,7 +190,7 @@ pub(crate) async fn forward(
         HeaderValue::from_str(&value).ok()
     });
     strip_hop_by_hop(&mut parts.headers);
-    add_via(&mut parts.headers, parts.version);
+    state.via.add(&mut parts.headers, parts.version);
     if let Some(host) = original_host {
         parts.headers.insert(header::HOST, host);
     }
@@ -279,7 +261,7 @@ pub(crate) async fn forward(
         }
     }
     strip_hop_by_hop(&mut parts.headers);
-    add_via(&mut parts.headers, Version::HTTP_11);
+    state.via.add(&mut parts.headers, Version::HTTP_11);
     pending.record.status = parts.status.as_u16();
     let status = parts.status;
     let down = DownBody {
@@ -507,10 +489,10 @@ mod tests {
         headers.insert("accept", HeaderValue::from_static("*/*"));
         headers.insert("via", HeaderValue::from_static("1.1 squid"));
         strip_hop_by_hop(&mut headers);
-        add_via(&mut headers, Version::HTTP_11);
+        super::super::via::Via::named("egress-0badcafe").add(&mut headers, Version::HTTP_11);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "via"]);
-        assert_eq!(headers["via"], "1.1 squid, 1.1 egress");
+        assert_eq!(headers["via"], "1.1 squid, 1.1 egress-0badcafe");
     }
 }

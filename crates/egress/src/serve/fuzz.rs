@@ -69,6 +69,7 @@ fn fixture() -> &'static Mutex<Fixture> {
                     per_client: Mutex::default(),
                     in_flight: Arc::default(),
                     shutdown: receiver.clone(),
+                    via: super::via::Via::named("egress-f0zzf0zz"),
                     config: config.clone(),
                 })
             };

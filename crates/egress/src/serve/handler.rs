@@ -273,6 +273,19 @@ pub(crate) async fn handle(
             problem.to_owned(),
         );
     }
+    if let Some(via) = state.via.loop_in(req.headers()) {
+        return reject(
+            pending,
+            Decision::Denied,
+            "loop",
+            StatusCode::LOOP_DETECTED,
+            format!(
+                "forwarding loop: this request has already passed through this proxy \
+                 ({} in Via: {via}); a parent proxy sends it back here",
+                state.via.name()
+            ),
+        );
+    }
     let asked = match asked(&req) {
         Ok(asked) => asked,
         Err(problem) => {
@@ -322,8 +335,13 @@ pub(crate) async fn handle(
     };
     if req.method() == Method::CONNECT {
         let on_upgrade = hyper::upgrade::on(&mut req);
+        // Only a CONNECT through a parent passes a Via on.
+        let via = active
+            .policy
+            .parent(Scheme::Https, &asked.host, asked.port)
+            .and_then(|_| state.via.onward(req.headers(), req.version()));
         connect(
-            state, active, pending, asked, addrs, slot, working, on_upgrade,
+            state, active, pending, asked, addrs, via, slot, working, on_upgrade,
         )
         .await
     } else {
@@ -431,12 +449,13 @@ pub(crate) async fn dial_direct(
 }
 
 /// Opens the tunnel's far end: the checked address directly, or the parent
-/// asked for `CONNECT ip:port`.
+/// asked for `CONNECT ip:port` with `via`.
 async fn open(
     state: &State,
     active: &Active,
     asked: &Asked,
     addrs: &[IpAddr],
+    via: Option<&HeaderValue>,
 ) -> Result<(Stream, SocketAddr, Option<String>), Unreachable> {
     let limit = state.config.connect_timeout;
     let started = Instant::now();
@@ -456,6 +475,7 @@ async fn open(
                         proxy,
                         key,
                         &authority(&addr.ip().to_string(), addr.port()),
+                        via,
                     )
                     .await
             };
@@ -476,11 +496,12 @@ async fn connect(
     mut pending: Pending,
     asked: Asked,
     addrs: Vec<IpAddr>,
+    via: Option<HeaderValue>,
     slot: Slot,
     working: Working,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Response<ServeBody> {
-    let (stream, addr, upstream) = match open(&state, &active, &asked, &addrs).await {
+    let (stream, addr, upstream) = match open(&state, &active, &asked, &addrs, via.as_ref()).await {
         Ok(opened) => opened,
         Err(failure) => {
             pending.record.resolved = Some(SocketAddr::new(addrs[0], asked.port));

@@ -39,6 +39,7 @@ mod log;
 mod metrics;
 mod policy;
 mod splice;
+mod via;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
@@ -284,6 +285,8 @@ pub(crate) struct State {
     pub(crate) per_client: Mutex<HashMap<IpAddr, usize>>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// This instance's name in `Via`, and the loop check.
+    pub(crate) via: via::Via,
 }
 
 impl State {
@@ -437,6 +440,7 @@ impl Server {
             per_client: Mutex::default(),
             in_flight: Arc::default(),
             shutdown: receiver,
+            via: via::Via::random(),
         });
         Ok(Server {
             listeners,
@@ -449,6 +453,14 @@ impl Server {
     /// The bound addresses, with their policies.
     pub fn local_addrs(&self) -> Vec<Listen> {
         self.state.config.listen.clone()
+    }
+
+    /// This instance's name in the `Via` header it adds (`egress-` and 8 random
+    /// hex digits, new at each start). A request that arrives with this name in
+    /// its `Via` has come back through a parent proxy: it is refused with 508
+    /// Loop Detected.
+    pub fn via_name(&self) -> &str {
+        self.state.via.name()
     }
 
     /// The bound metrics address.

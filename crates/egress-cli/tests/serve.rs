@@ -768,6 +768,44 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     );
 }
 
+/// A name with two addresses, the first refusing: a forwarded `http://`
+/// request goes to the second, as a CONNECT does. It used to try only the
+/// first and answer 502, so with `--dns-server` (hickory puts AAAA answers
+/// first) a host without IPv6 could not forward to any dual-stack name.
+#[test]
+fn a_forwarded_request_tries_the_next_checked_address() {
+    let echo = Echo::start("127.0.0.1");
+    // ::1 first, where nothing listens on the echo's port.
+    let (dns_port, _dnsmasq) = dnsmasq("two-addresses", "127.0.0.1 two.test\n::1 two.test\n");
+    let serve = Serve::start(
+        "next-address",
+        &allow(&["127.0.0.1/32", "::1/128"]),
+        &["--dns-server", &format!("127.0.0.1:{dns_port}")],
+    );
+    for round in 0..2 {
+        let path = format!("/next-address-{round}");
+        let (head, body) = get_through(&serve, &format!("http://two.test:{}{path}", echo.port));
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "{head}{body}\n{}",
+            serve.stderr()
+        );
+        let record = serve.record(|r| r["target"].as_str().unwrap().ends_with(&path));
+        assert_eq!(
+            record["resolved"],
+            format!("127.0.0.1:{}", echo.port),
+            "{record}"
+        );
+    }
+    let stderr = serve.stderr();
+    assert!(
+        stderr.contains(&format!("cannot connect to [::1]:{}", echo.port)),
+        "the first address was tried first: {stderr}"
+    );
+    // The second request reused the pooled connection to the address that answered.
+    assert_eq!(echo.accepted(), 1);
+}
+
 #[test]
 fn dns_rebinding_cannot_switch_the_address_after_the_check() {
     // The name answers 127.0.0.1 (allowed) once, then 127.0.0.10 (blocked),

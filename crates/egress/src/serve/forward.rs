@@ -1,7 +1,9 @@
-//! Forwarded `http://` requests: sent to the checked address (or to the
-//! parent proxy, naming the checked address) with the original `Host`,
-//! bodies streamed both ways, hop-by-hop headers removed and `Via` added.
-//! Connections are pooled per checked address by hyper-util's client.
+//! Forwarded `http://` requests: sent to the checked addresses, tried in
+//! order (or to the parent proxy, naming the first checked address), with
+//! the original `Host`, bodies streamed both ways, hop-by-hop headers removed
+//! and `Via` added. hyper-util's client pools direct connections per target
+//! name and port (each connected to an address checked for that name), and
+//! connections to the parent per checked address.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,6 +19,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service;
@@ -77,8 +80,16 @@ impl ForwardClient {
     }
 }
 
-/// Connects the forwarding client: to the checked address in the URI (never
-/// resolved again), or to the parent proxy (its address exempt).
+tokio::task_local! {
+    /// The addresses checked for the request being sent: the direct
+    /// client's dial tries them in order. hyper-util calls the dial while
+    /// polling `Client::request`, inside this scope.
+    static CHECKED: Arc<[IpAddr]>;
+}
+
+/// Connects the forwarding client: to the request's checked addresses
+/// ([`CHECKED`]; nothing is resolved, and without them nothing is dialled),
+/// or to the parent proxy (its address exempt).
 #[derive(Clone)]
 pub(crate) struct Dial {
     parent: Option<(ProxyUrl, Connector)>,
@@ -96,6 +107,7 @@ impl Service<Uri> for Dial {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
+        let checked = CHECKED.try_with(Arc::clone);
         Box::pin(async move {
             if let Some((proxy, connector)) = &this.parent {
                 let stream = connector.proxy_stream(proxy, this.limit).await?;
@@ -104,13 +116,12 @@ impl Service<Uri> for Dial {
                     forwarding_proxy: true,
                 }));
             }
-            let ip: IpAddr = crate::proxy_url::unbracket(uri.host().unwrap_or_default())
-                .parse()
-                .map_err(|_| Error::BadUrl {
-                    url: uri.to_string(),
-                    problem: "serve dials checked addresses only".to_owned(),
-                })?;
-            let (tcp, _) = dial_direct(&[ip], uri.port_u16().unwrap_or(80), this.limit).await?;
+            let checked = checked.map_err(|_| Error::BadUrl {
+                url: uri.to_string(),
+                problem: "serve dials checked addresses only, and none came with this one"
+                    .to_owned(),
+            })?;
+            let (tcp, _) = dial_direct(&checked, uri.port_u16().unwrap_or(80), this.limit).await?;
             Ok(TokioIo::new(ConnectedStream {
                 stream: Stream::Tcp(tcp),
                 forwarding_proxy: false,
@@ -158,7 +169,7 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
     host: String,
     port: u16,
-    ip: IpAddr,
+    addrs: Vec<IpAddr>,
     slot: Slot,
     working: Working,
 ) -> Response<ServeBody> {
@@ -168,8 +179,15 @@ pub(crate) async fn forward(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let checked = authority(&ip.to_string(), port);
-    let uri: Uri = match format!("http://{checked}{path}").parse() {
+    let parent = active.policy.parent(Scheme::Http, &host, port);
+    // Through the parent, the URL names the first checked address (the
+    // parent must not resolve the name again); direct, the name keys the
+    // pool and the dial gets the checked addresses from CHECKED.
+    let target = match parent {
+        Some(_) => authority(&addrs[0].to_string(), port),
+        None => authority(&host, port),
+    };
+    let uri: Uri = match format!("http://{target}{path}").parse() {
         Ok(uri) => uri,
         Err(e) => {
             return fail(
@@ -194,7 +212,6 @@ pub(crate) async fn forward(
     if let Some(host) = original_host {
         parts.headers.insert(header::HOST, host);
     }
-    let parent = active.policy.parent(Scheme::Http, &host, port);
     let client = match (&parent, &active.forward.parent) {
         (Some(_), Some((proxy, client))) => {
             if let Some(credentials) = proxy.credentials() {
@@ -219,7 +236,8 @@ pub(crate) async fn forward(
         },
     );
     let through_parent = pending.record.upstream.is_some();
-    let sent = tokio::time::timeout(state.config.response_timeout, client.request(request)).await;
+    let sent = CHECKED.scope(addrs.into(), client.request(request));
+    let sent = tokio::time::timeout(state.config.response_timeout, sent).await;
     let response = match sent {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
@@ -238,6 +256,13 @@ pub(crate) async fn forward(
         }
     };
     let (mut parts, body) = response.into_parts();
+    if !through_parent {
+        // The address the connection went to (a pooled one may be another
+        // checked address of the name than this answer's first).
+        if let Some(info) = parts.extensions.get::<HttpInfo>() {
+            pending.record.resolved = Some(info.remote_addr());
+        }
+    }
     if through_parent && parts.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         return fail(
             pending,

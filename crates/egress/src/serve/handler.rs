@@ -347,7 +347,7 @@ pub(crate) async fn handle(
     } else {
         pending.record.resolved = Some(SocketAddr::new(addrs[0], asked.port));
         forward::forward(
-            state, active, pending, req, asked.host, asked.port, addrs[0], slot, working,
+            state, active, pending, req, asked.host, asked.port, addrs, slot, working,
         )
         .await
     }
@@ -431,6 +431,7 @@ pub(crate) async fn dial_direct(
                 return Ok((tcp, addr));
             }
             Ok(Err(source)) => {
+                tracing::debug!("cannot connect to {addr}: {source}; next checked address, if any");
                 last = Some(Error::Connect {
                     target: addr.to_string(),
                     source,

@@ -585,7 +585,7 @@ async fn soak(config: Value, run: Run) -> i32 {
             eprintln!("  {kind}: {example}");
         }
     }
-    if reasons.is_empty() {
+    let code = if reasons.is_empty() {
         eprintln!("\nsoak: PASS");
         0
     } else {
@@ -594,7 +594,16 @@ async fn soak(config: Value, run: Run) -> i32 {
             eprintln!("  {what} ({count}×), e.g. {example}");
         }
         1
+    };
+    if std::env::var_os("EGRESS_SOAK_EXIT_LIVE").is_some() {
+        // For a heap profiler (heaptrack): end here, with everything the
+        // client holds after the load still allocated, so that the
+        // profiler's "leaked" list is what is live now, by allocation site.
+        eprintln!("soak: EGRESS_SOAK_EXIT_LIVE: exiting without freeing");
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(code) };
     }
+    code
 }
 
 fn outbound(http_proxy: &str, https_proxy: &str, ca: &str) -> Outbound {
@@ -899,6 +908,8 @@ struct Sample {
     trimmed_kib: Option<u64>,
     fds: usize,
     pool: PoolStats,
+    /// Live heap: bytes allocated and not freed (heap.rs).
+    heap_kib: u64,
 }
 
 impl Sample {
@@ -915,6 +926,7 @@ impl Sample {
             trimmed_kib: None,
             fds: count_fds(),
             pool,
+            heap_kib: crate::heap::live_kib(),
         }
     }
 
@@ -929,7 +941,7 @@ impl Sample {
     }
 
     fn json(&self) -> Value {
-        json!({"rss_kib": self.rss_kib, "rss_trimmed_kib": self.trimmed_kib, "fds": self.fds, "pool_idle": self.pool.idle_connections,
+        json!({"rss_kib": self.rss_kib, "rss_trimmed_kib": self.trimmed_kib, "heap_kib": self.heap_kib, "fds": self.fds, "pool_idle": self.pool.idle_connections,
                "pool_busy": self.pool.busy_connections, "pool_keys": self.pool.keys})
     }
 }
@@ -994,7 +1006,7 @@ impl Row {
             "minute": self.minute, "elapsed_s": self.at.as_secs_f64(), "requests": self.requests,
             "statuses": self.statuses, "errors": self.errors, "error_details": self.details,
             "unexpected_status": self.unexpected_status,
-            "rss_kib": self.sample.rss_kib, "rss_trimmed_kib": self.sample.trimmed_kib, "fds": self.sample.fds, "fds_max": self.fds_max,
+            "rss_kib": self.sample.rss_kib, "rss_trimmed_kib": self.sample.trimmed_kib, "heap_kib": self.sample.heap_kib, "fds": self.sample.fds, "fds_max": self.fds_max,
             "pool_idle": self.sample.pool.idle_connections, "pool_busy": self.sample.pool.busy_connections,
             "pool_keys": self.sample.pool.keys, "inflight_max": self.inflight_max,
             "slowest_ms": self.slowest.as_ref().map(|s| s.0.as_millis() as u64),
@@ -1007,12 +1019,13 @@ impl Row {
 
     fn line(&self) -> String {
         format!(
-            "minute {}: {} requests, {} errors, RSS {:.1} MiB ({:.1} trimmed), {} fds, pool {}/{} idle/busy, slowest {}",
+            "minute {}: {} requests, {} errors, RSS {:.1} MiB ({:.1} trimmed, {:.1} live heap), {} fds, pool {}/{} idle/busy, slowest {}",
             self.minute,
             self.requests,
             self.errors_total(),
             self.sample.rss_kib as f64 / 1024.0,
             self.sample.trimmed_kib.unwrap_or(0) as f64 / 1024.0,
+            self.sample.heap_kib as f64 / 1024.0,
             self.sample.fds,
             self.sample.pool.idle_connections,
             self.sample.pool.busy_connections,

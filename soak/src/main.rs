@@ -19,7 +19,11 @@
 //!   `squid-start` on stdout and waits for `ok` on stdin.
 
 mod fake;
+mod heap;
 mod load;
+
+#[global_allocator]
+static GLOBAL: heap::Counting = heap::Counting;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -81,6 +81,10 @@ pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
         warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 60.0)),
         slack: Duration::from_millis(opt_num(opts, "slack-ms", 2000)),
         out: opt(opts, "out").to_owned(),
+        max_slope: opts.get("max-slope").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| usage(&format!("--max-slope: not a number: {v}")))
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,6 +100,8 @@ struct Run {
     warmup: Duration,
     slack: Duration,
     out: String,
+    /// MiB per hour the memory may grow under load (`--max-slope`).
+    max_slope: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -454,6 +460,7 @@ async fn soak(config: Value, run: Run) -> i32 {
     writeln_json(json!({
         "phase": "baseline", "warmup_requests": warm.requests, "warmup_errors": warm.errors,
         "drain_ms": drained.as_ref().map(|d| d.as_millis() as u64).ok(), "sample": baseline.json(),
+        "anon_mappings": anon_mappings(),
     }));
     if let Err(e) = drained {
         shared.fail("the pool did not drain after the warm-up", e);
@@ -474,7 +481,6 @@ async fn soak(config: Value, run: Run) -> i32 {
     ));
     let squid = tokio::spawn(squid_schedule(shared.clone(), start, total));
     let sampler = tokio::spawn(sample_fds(shared.clone()));
-    let mut rows = Vec::new();
     let mut at = Duration::ZERO;
     let mut minute = 0;
     while at < total {
@@ -492,7 +498,6 @@ async fn soak(config: Value, run: Run) -> i32 {
         let row = Row::new(minute, at, &m, &snap);
         writeln_json(row.json());
         eprintln!("soak: {}", row.line());
-        rows.push(row);
     }
     squid.abort();
     sampler.abort();
@@ -537,6 +542,70 @@ async fn soak(config: Value, run: Run) -> i32 {
             format!("{panics} panic(s); see the messages above"),
         );
     }
+    // Growth under load: least-squares slopes over the last 90 minutes (or
+    // the whole run, if shorter) of the trimmed RSS, of the live heap, and
+    // of their difference (what the process holds beyond its live
+    // allocations: allocator pages, stacks, code), which the load's
+    // ups and downs move much less.
+    let rows = read_rows(&run.out);
+    let window: Vec<Value> = rows
+        .iter()
+        .filter(|r| r["elapsed_s"].as_f64().unwrap_or(0.0) > (run.minutes - 90.0).max(0.0) * 60.0)
+        .cloned()
+        .map(|mut r| {
+            let (t, h) = (r["rss_trimmed_kib"].as_u64(), r["heap_kib"].as_u64());
+            r["beyond_heap_kib"] = json!(t.zip(h).map(|(t, h)| t.saturating_sub(h)));
+            r
+        })
+        .collect();
+    let mut slopes = serde_json::Map::new();
+    let mut slope_lines = Vec::new();
+    for (key, what) in [
+        ("rss_trimmed_kib", "trimmed RSS"),
+        ("heap_kib", "live heap"),
+        ("beyond_heap_kib", "trimmed RSS beyond the live heap"),
+    ] {
+        if let Some((b, se)) = slope(&window, key) {
+            slopes.insert(key.to_owned(), json!({"mib_per_hour": b, "stderr": se}));
+            slope_lines.push(format!(
+                "growth under load over the last {} minutes, {what}: {b:+.3} MiB/h (standard error {se:.3})",
+                window.len()
+            ));
+        }
+    }
+    // Live heap between the idle points (baseline and after the load): a
+    // leak of live allocations, without the load's noise.
+    let hours = run.minutes / 60.0;
+    let idle_heap_rate = (after.heap_kib as f64 - baseline.heap_kib as f64) / 1024.0 / hours;
+    slope_lines.push(format!(
+        "live heap at idle: {:.2} -> {:.2} MiB, {idle_heap_rate:+.3} MiB/h",
+        baseline.heap_kib as f64 / 1024.0,
+        after.heap_kib as f64 / 1024.0
+    ));
+    if let Some(max) = run.max_slope {
+        let beyond = slopes
+            .get("beyond_heap_kib")
+            .and_then(|v| v["mib_per_hour"].as_f64());
+        match beyond {
+            Some(b) if b > max => shared.fail(
+                "memory grows under load",
+                format!("trimmed RSS beyond the live heap grows {b:+.3} MiB/h (limit {max} MiB/h)"),
+            ),
+            None => shared.fail(
+                "memory grows under load",
+                "too few minutes for a slope".into(),
+            ),
+            _ => {}
+        }
+        if idle_heap_rate > max {
+            shared.fail(
+                "memory grows under load",
+                format!(
+                    "the live heap at idle grew {idle_heap_rate:+.3} MiB/h (limit {max} MiB/h)"
+                ),
+            );
+        }
+    }
     let failures = std::mem::take(&mut *shared.failures.lock().unwrap());
     let examples = std::mem::take(&mut *shared.examples.lock().unwrap());
     let reasons: Vec<Value> = failures
@@ -548,11 +617,15 @@ async fn soak(config: Value, run: Run) -> i32 {
     writeln_json(json!({
         "phase": "after", "stopped": stopped.json(), "after": after.json(), "baseline": baseline.json(),
         "drain_ms": drained.as_ref().map(|d| d.as_millis() as u64).ok(),
-        "fds_limit": fds_limit, "rss_limit_kib": rss_limit,
+        "fds_limit": fds_limit, "rss_limit_kib": rss_limit, "anon_mappings": anon_mappings(),
+        "slopes": slopes, "slope_minutes": window.len(), "idle_heap_mib_per_hour": idle_heap_rate,
     }));
     writeln_json(json!({"verdict": verdict, "reasons": reasons, "error_examples": examples}));
 
     eprintln!("\n{}", table(&rows));
+    for line in &slope_lines {
+        eprintln!("{line}");
+    }
     let mib = |kib: u64| kib as f64 / 1024.0;
     eprintln!(
         "baseline (after warm-up, pool drained): RSS {:.1} MiB ({:.1} MiB trimmed), {} fds",
@@ -910,6 +983,96 @@ struct Sample {
     pool: PoolStats,
     /// Live heap: bytes allocated and not freed (heap.rs).
     heap_kib: u64,
+    /// Where the RSS is, by kind of mapping (trimmed samples only).
+    regions: Option<Regions>,
+}
+
+/// Every anonymous mapping with resident pages: `start size_kib rss_kib
+/// perms`, to tell thread stacks from glibc's arenas when the RSS moves.
+fn anon_mappings() -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut out = Vec::new();
+    let mut current: Option<(String, u64, String)> = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let Some((start, end)) = fields.first().and_then(|f| f.split_once('-')) {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
+                current = (fields.len() == 5)
+                    .then(|| (start.to_owned(), (b - a) / 1024, fields[1].to_owned()));
+                continue;
+            }
+        }
+        if fields.first() == Some(&"Rss:") {
+            if let Some((start, size, perms)) = current.take() {
+                let rss: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                if rss > 0 {
+                    out.push(format!("{start} {size} {rss} {perms}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The RSS by kind of mapping, from /proc/self/smaps, in KiB.
+#[derive(Clone, Copy, Default)]
+struct Regions {
+    /// The program's own file (code and read-only data).
+    exe: u64,
+    /// Shared libraries and other files.
+    files: u64,
+    /// glibc's main arena (`[heap]`, grown with brk).
+    brk_heap: u64,
+    /// Anonymous mappings: glibc's other arenas, thread stacks, large
+    /// allocations glibc maps on their own.
+    anon: u64,
+    /// The main thread's stack, vdso and the like.
+    other: u64,
+}
+
+impl Regions {
+    fn read() -> Option<Regions> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let exe = std::env::current_exe().ok()?;
+        let exe = exe.to_str()?;
+        let mut r = Regions::default();
+        // The kind of the mapping whose lines follow.
+        let mut current = 0u8;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or_default();
+            if let Some((start, end)) = first.split_once('-') {
+                let hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+                if hex(start) && hex(end) {
+                    let path = fields.nth(4).unwrap_or("");
+                    let kind = match path {
+                        "" => 3,
+                        "[heap]" => 2,
+                        p if p == exe => 0,
+                        p if p.starts_with('[') => 5,
+                        _ => 1,
+                    };
+                    current = kind;
+                    continue;
+                }
+            }
+            if first == "Rss:" {
+                let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                match current {
+                    0 => r.exe += kib,
+                    1 => r.files += kib,
+                    2 => r.brk_heap += kib,
+                    3 => r.anon += kib,
+                    _ => r.other += kib,
+                }
+            }
+        }
+        Some(r)
+    }
+
+    fn json(&self) -> Value {
+        json!({"exe": self.exe, "files": self.files, "brk_heap": self.brk_heap, "anon": self.anon, "other": self.other})
+    }
 }
 
 impl Sample {
@@ -927,6 +1090,7 @@ impl Sample {
             fds: count_fds(),
             pool,
             heap_kib: crate::heap::live_kib(),
+            regions: None,
         }
     }
 
@@ -937,11 +1101,12 @@ impl Sample {
         // SAFETY: malloc_trim only releases free memory; it has no preconditions.
         unsafe { libc::malloc_trim(0) };
         s.trimmed_kib = Some(rss_kib());
+        s.regions = Regions::read();
         s
     }
 
     fn json(&self) -> Value {
-        json!({"rss_kib": self.rss_kib, "rss_trimmed_kib": self.trimmed_kib, "heap_kib": self.heap_kib, "fds": self.fds, "pool_idle": self.pool.idle_connections,
+        json!({"rss_kib": self.rss_kib, "rss_trimmed_kib": self.trimmed_kib, "heap_kib": self.heap_kib, "regions_kib": self.regions.map(|r| r.json()), "fds": self.fds, "pool_idle": self.pool.idle_connections,
                "pool_busy": self.pool.busy_connections, "pool_keys": self.pool.keys})
     }
 }
@@ -1006,7 +1171,7 @@ impl Row {
             "minute": self.minute, "elapsed_s": self.at.as_secs_f64(), "requests": self.requests,
             "statuses": self.statuses, "errors": self.errors, "error_details": self.details,
             "unexpected_status": self.unexpected_status,
-            "rss_kib": self.sample.rss_kib, "rss_trimmed_kib": self.sample.trimmed_kib, "heap_kib": self.sample.heap_kib, "fds": self.sample.fds, "fds_max": self.fds_max,
+            "rss_kib": self.sample.rss_kib, "rss_trimmed_kib": self.sample.trimmed_kib, "heap_kib": self.sample.heap_kib, "regions_kib": self.sample.regions.map(|r| r.json()), "fds": self.sample.fds, "fds_max": self.fds_max,
             "pool_idle": self.sample.pool.idle_connections, "pool_busy": self.sample.pool.busy_connections,
             "pool_keys": self.sample.pool.keys, "inflight_max": self.inflight_max,
             "slowest_ms": self.slowest.as_ref().map(|s| s.0.as_millis() as u64),
@@ -1036,39 +1201,82 @@ impl Row {
     }
 }
 
-fn table(rows: &[Row]) -> String {
+/// The per-minute table, from the JSON lines the run wrote (read back at
+/// the end: the load keeps nothing per minute in memory, so that a long run
+/// does not grow by its own records).
+fn table(rows: &[Value]) -> String {
     let mut t = String::from(
-        "| min | requests | 2xx/4xx/5xx | errors by kind | RSS MiB (trimmed) | fds (max) | pool idle/busy | slowest ms | squid kills |\n\
+        "| min | requests | 2xx/4xx/5xx | errors by kind | RSS MiB (trimmed; live heap) | fds (max) | pool idle/busy | slowest ms | squid kills |\n\
          |----:|---------:|-------------|----------------|------------------:|----------:|---------------:|-----------:|------------:|\n",
     );
+    let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1024.0;
     for r in rows {
-        let s = |k: &str| r.statuses.get(k).copied().unwrap_or(0);
-        let errors = if r.errors.is_empty() {
-            "-".to_owned()
-        } else {
-            r.errors
+        let s = |k: &str| r["statuses"][k].as_u64().unwrap_or(0);
+        let errors = match r["errors"].as_object() {
+            Some(e) if !e.is_empty() => e
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            _ => "-".to_owned(),
         };
         t.push_str(&format!(
-            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}) | {} ({}) | {}/{} | {} | {} |\n",
-            r.minute,
-            r.requests,
+            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}; {:.1}) | {} ({}) | {}/{} | {} | {} |\n",
+            r["minute"],
+            r["requests"],
             s("2xx"),
             s("4xx"),
             s("5xx"),
             errors,
-            r.sample.rss_kib as f64 / 1024.0,
-            r.sample.trimmed_kib.unwrap_or(0) as f64 / 1024.0,
-            r.sample.fds,
-            r.fds_max,
-            r.sample.pool.idle_connections,
-            r.sample.pool.busy_connections,
-            r.slowest.as_ref().map_or(0, |s| s.0.as_millis()),
-            r.squid_kills,
+            mib(&r["rss_kib"]),
+            mib(&r["rss_trimmed_kib"]),
+            mib(&r["heap_kib"]),
+            r["fds"],
+            r["fds_max"],
+            r["pool_idle"],
+            r["pool_busy"],
+            r["slowest_ms"].as_u64().unwrap_or(0),
+            r["squid_kills"],
         ));
     }
     t
+}
+
+/// The per-minute rows of the run so far, read back from `--out`.
+fn read_rows(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("minute").is_some())
+        .collect()
+}
+
+/// A least-squares slope of `key` (KiB) over the rows' minutes, in MiB per
+/// hour, with its standard error; `None` with fewer than three rows.
+fn slope(rows: &[Value], key: &str) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r["elapsed_s"].as_f64()? / 3600.0, r[key].as_f64()? / 1024.0)))
+        .collect();
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return None;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let b = sxy / sxx;
+    let residuals: f64 = points
+        .iter()
+        .map(|p| (p.1 - (my + b * (p.0 - mx))).powi(2))
+        .sum();
+    let se = (residuals / (n - 2.0) / sxx).sqrt();
+    Some((b, se))
 }

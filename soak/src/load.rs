@@ -91,7 +91,9 @@ pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(soak(config, run));
-    drop(runtime);
+    // Not a plain drop: that waits for every blocking task, and a read of
+    // stdin still waiting for soak/run's answer would hold the exit forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     code
 }
 
@@ -672,9 +674,12 @@ async fn soak(config: Value, run: Run) -> i32 {
         // For a heap profiler (heaptrack): end here, with everything the
         // client holds after the load still allocated, so that the
         // profiler's "leaked" list is what is live now, by allocation site.
+        // exit, not _exit: the profiler writes its last events in an atexit
+        // handler. Rust's destructors do not run: what the load holds stays.
         eprintln!("soak: EGRESS_SOAK_EXIT_LIVE: exiting without freeing");
-        // SAFETY: _exit ends the process at once; nothing runs after it.
-        unsafe { libc::_exit(code) };
+        // SAFETY: exit runs the atexit handlers and ends the process; no
+        // Rust code runs after it.
+        unsafe { libc::exit(code) };
     }
     code
 }

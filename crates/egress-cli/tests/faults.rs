@@ -428,7 +428,7 @@ fn p28_proxy_target_with_two_addresses_the_first_drops_syns() {
     let _dead = DropsSyns::on(SocketAddr::from(([127, 0, 0, 22], origin.port)));
     let mut row = Row::new(
         "P28",
-        "the proxy's target has two addresses, the first drops SYNs (survived: serve dials the second 250 ms later)",
+        "the proxy's target has two addresses, the first drops SYNs (serve's --connect-timeout 800ms; survived: serve dials the second 250 ms later)",
         "egress serve + dnsmasq + kernel (full accept queue)",
         origin.url(&test_name(38), "/p28"),
     )
@@ -1140,7 +1140,7 @@ fn o22_two_addresses_the_first_drops_syns() {
     let dead = DropsSyns::on(SocketAddr::from(([127, 0, 0, 21], origin.port)));
     let mut row = Row::new(
         "O22",
-        "a name with two IPv4 addresses, the first drops SYNs (survived: the second is dialled 250 ms later)",
+        "a name with two IPv4 addresses, the first drops SYNs (connect limit 10 s; survived: the second is dialled 250 ms later, where hyper-util's connector, used before, gave the first half the limit)",
         "kernel (full accept queue) + `--resolve` (both addresses)",
         origin.url("two.test", "/o22"),
     );

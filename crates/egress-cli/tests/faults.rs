@@ -15,7 +15,7 @@
 #[path = "../../egress/tests/support/mod.rs"]
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -396,6 +396,48 @@ fn p27_proxy_401_to_connect() {
         41,
     )
     .run();
+}
+
+/// A connect limit of 10 s for the library (the command keeps its 15 s
+/// default), so that a row that must get past a dead address shows it
+/// costing the attempt delay, not a share of the limit.
+fn ten_seconds_to_connect() -> Timeouts {
+    let ten = Duration::from_secs(10);
+    Timeouts {
+        connect: ten,
+        federation_connect: ten,
+        request: Duration::from_secs(15),
+        ..quick()
+    }
+}
+
+/// Asserts egress logged that the attempt to `dead` was overtaken by one to
+/// `live` (the stagger, not a failure, started it).
+fn assert_overtaken(dead: SocketAddr, live: SocketAddr) {
+    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    let line = format!("no connection to {dead} within 250ms; trying {live} too");
+    assert!(logs.contains(&line), "egress did not log `{line}`");
+}
+
+#[test]
+fn p28_proxy_target_with_two_addresses_the_first_drops_syns() {
+    // egress serve as the proxy: its DNS answers t38.test with 127.0.0.22
+    // (SYNs dropped) first, then the origin's 127.0.0.1; serve's connect
+    // limit is 800 ms, which the first address alone used to take whole.
+    let origin = &world().https_origin;
+    let _dead = DropsSyns::on(SocketAddr::from(([127, 0, 0, 22], origin.port)));
+    let mut row = Row::new(
+        "P28",
+        "the proxy's target has two addresses, the first drops SYNs (serve's --connect-timeout 800ms; survived: serve dials the second 250 ms later)",
+        "egress serve + dnsmasq + kernel (full accept queue)",
+        origin.url(&test_name(38), "/p28"),
+    )
+    .proxy(serve_proxy().url());
+    row.timeouts = ten_seconds_to_connect();
+    row.within = Duration::from_millis(1500);
+    row.run();
+    let reason = serve_proxy().reason(&format!("{}:{}", test_name(38), origin.port));
+    assert!(reason.starts_with("checked"), "{reason}");
 }
 
 #[test]
@@ -1089,6 +1131,28 @@ fn o16_dns_answer_with_one_blocked_address() {
 }
 
 #[test]
+fn o22_two_addresses_the_first_drops_syns() {
+    // The name's first address drops SYNs (a full accept queue on
+    // 127.0.0.21, the origin's port), the second is the origin. Each address
+    // is dialled 250 ms after the last one started; hyper-util's connector
+    // gave each address of one family an even share of the connect limit.
+    let origin = &world().http_origin;
+    let dead = DropsSyns::on(SocketAddr::from(([127, 0, 0, 21], origin.port)));
+    let mut row = Row::new(
+        "O22",
+        "a name with two IPv4 addresses, the first drops SYNs (connect limit 10 s; survived: the second is dialled 250 ms later, where hyper-util's connector, used before, gave the first half the limit)",
+        "kernel (full accept queue) + `--resolve` (both addresses)",
+        origin.url("two.test", "/o22"),
+    );
+    row.yaml = "ip_range_whitelist: ['127.0.0.1/32', '127.0.0.21/32']\n";
+    row.resolve = vec![("two.test", dead.addr.ip()), ("two.test", LOCALHOST)];
+    row.timeouts = ten_seconds_to_connect();
+    row.within = Duration::from_millis(1500);
+    row.run();
+    assert_overtaken(dead.addr, SocketAddr::from(([127, 0, 0, 1], origin.port)));
+}
+
+#[test]
 fn o17_blocked_literal() {
     Row::new(
         "O17",
@@ -1180,8 +1244,9 @@ fn unanswered_port() -> (u16, Vec<std::net::TcpStream>, tokio::net::TcpListener)
 
 /// `egress serve`, a real proxy that answers 502, 504 and 403 on its own,
 /// with dnsmasq for its DNS: closed.test and slow.test are 127.0.0.1 (let
-/// through), mixed.test is 127.0.0.1 and 127.0.0.9 (blocked), nowhere.test
-/// does not exist (NXDOMAIN). Started once; stopped when the test binary exits.
+/// through), mixed.test is 127.0.0.1 and 127.0.0.9 (blocked), t38.test is
+/// 127.0.0.22 then 127.0.0.1 (both let through), nowhere.test does not
+/// exist (NXDOMAIN). Started once; stopped when the test binary exits.
 struct ServeProxy {
     port: u16,
     dir: std::path::PathBuf,
@@ -1229,19 +1294,29 @@ fn start_serve_proxy() -> ServeProxy {
         "127.0.0.1 closed.test\n127.0.0.1 slow.test\n127.0.0.1 mixed.test\n127.0.0.9 mixed.test\n",
     )
     .unwrap();
+    // t38.test: 127.0.0.22 (P28 makes it drop SYNs), then 127.0.0.1. Unlike
+    // hosts-file names, which dnsmasq rotates, `--address` answers keep one
+    // order: the reverse of the command line's.
+    let two = test_name(38);
     let dns_port = free_port();
     let mut cmd = dnsmasq_command(&dir, dns_port);
     let dns_log = dir.join("dnsmasq.out");
     // nowhere.test: NXDOMAIN (`--address=/name/` with no address).
     cmd.arg(format!("--addn-hosts={}", dir.join("hosts").display()))
         .arg("--address=/nowhere.test/")
+        .arg(format!("--address=/{two}/127.0.0.1"))
+        .arg(format!("--address=/{two}/127.0.0.22"))
         .stdout(std::fs::File::create(&dns_log).unwrap())
         .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap());
     let mut dns = spawn(cmd);
     // dnsmasq listens on UDP and TCP; TCP tells us it is up.
     wait_for_port(&mut dns, dns_port, "dnsmasq", &dns_log);
     let yaml = dir.join("homeserver.yaml");
-    std::fs::write(&yaml, "ip_range_whitelist: ['127.0.0.1/32']\n").unwrap();
+    std::fs::write(
+        &yaml,
+        "ip_range_whitelist: ['127.0.0.1/32', '127.0.0.22/32']\n",
+    )
+    .unwrap();
     let port = free_port();
     let log = dir.join("stderr.log");
     let mut cmd = std::process::Command::new(BIN);

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener as StdListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -804,6 +804,340 @@ fn a_forwarded_request_tries_the_next_checked_address() {
     );
     // The second request reused the pooled connection to the address that answered.
     assert_eq!(echo.accepted(), 1);
+}
+
+/// dnsmasq answering A records in a fixed order: `answers` as (name, its
+/// addresses in answer order). dnsmasq rotates hosts-file answers from one
+/// query to the next; `--address` answers keep one order, the reverse of the
+/// command line's. Its port, and the process.
+fn dnsmasq_in_order(name: &str, answers: &[(&str, &[&str])]) -> (u16, Child) {
+    let dir = temp_dir(&format!("dnsmasq-{name}"));
+    let port = free_port();
+    let mut cmd = dnsmasq_command(&dir, port);
+    for (host, addrs) in answers {
+        for addr in addrs.iter().rev() {
+            cmd.arg(format!("--address=/{host}/{addr}"));
+        }
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("out.log")).unwrap());
+    let mut child = spawn(cmd);
+    wait_for_port(&mut child, port, "dnsmasq", &dir.join("out.log"));
+    (port, child)
+}
+
+/// An echo origin on 127.0.0.1 and, on its port, three addresses that drop
+/// SYNs (127.0.0.2-4, support::DropsSyns), with dnsmasq answering
+/// `two.test` with 127.0.0.2 then 127.0.0.1, `refused.test` with 127.0.0.5
+/// (nothing listens there: refused) then 127.0.0.1, and `dead.test` with
+/// the three dead addresses.
+struct DeadFirst {
+    echo: Echo,
+    dns: u16,
+    _dead: Vec<DropsSyns>,
+    _dnsmasq: Child,
+}
+
+impl DeadFirst {
+    fn start(name: &str) -> DeadFirst {
+        let echo = Echo::start("127.0.0.1");
+        let dead = (2..=4)
+            .map(|i| DropsSyns::on(SocketAddr::from(([127, 0, 0, i], echo.port))))
+            .collect();
+        let (dns, dnsmasq) = dnsmasq_in_order(
+            name,
+            &[
+                ("two.test", &["127.0.0.2", "127.0.0.1"]),
+                ("refused.test", &["127.0.0.5", "127.0.0.1"]),
+                ("dead.test", &["127.0.0.2", "127.0.0.3", "127.0.0.4"]),
+            ],
+        );
+        DeadFirst {
+            echo,
+            dns,
+            _dead: dead,
+            _dnsmasq: dnsmasq,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        allow(&["127.0.0.1/32", "127.0.0.2/31", "127.0.0.4/31"])
+    }
+
+    fn dns_server(&self) -> String {
+        format!("127.0.0.1:{}", self.dns)
+    }
+
+    /// `ip:port` on the echo's port.
+    fn at(&self, ip: &str) -> String {
+        format!("{ip}:{}", self.echo.port)
+    }
+}
+
+/// The line serve logs when the stagger (not a failure) starts the attempt
+/// to `next` while the one to `waiting` still waits.
+fn overtaken(waiting: &str, next: &str) -> String {
+    format!("no connection to {waiting} within 250ms; trying {next} too")
+}
+
+/// A CONNECT through serve whose tunnel must reach the echo origin: the
+/// head of serve's answer (once the tunnel has carried one exchange) and
+/// the time to the head.
+fn tunnel_to_echo(serve: &Serve, target: &str, path: &str) -> (String, Duration) {
+    let started = Instant::now();
+    let (head, mut tcp) = tunnel(
+        serve.port,
+        &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+    );
+    let took = started.elapsed();
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{head}\nserve:\n{}",
+        serve.stderr()
+    );
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    (head, took)
+}
+
+/// Every checked address is dialled, staggered as RFC 8305 says: an address
+/// that drops SYNs costs 250 ms (the next attempt starts then), not the
+/// connect limit, for a CONNECT and a forwarded request alike; with every
+/// address dead, one limit bounds the whole race. serve used to give the
+/// first address the whole limit: a 504 after 10 s.
+#[test]
+fn a_checked_address_that_drops_syns_costs_250_ms_not_the_connect_limit() {
+    let d = DeadFirst::start("stagger");
+    let serve = Serve::start(
+        "stagger",
+        &d.yaml(),
+        &["--dns-server", &d.dns_server(), "--connect-timeout", "10s"],
+    );
+    let (dead, live) = (d.at("127.0.0.2"), d.at("127.0.0.1"));
+    let target = format!("two.test:{}", d.echo.port);
+    let (head, took) = tunnel_to_echo(&serve, &target, "/stagger-tunnel");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let record = serve.record(|r| r["target"] == target.as_str());
+    assert_eq!(record["resolved"], live.as_str(), "{record}");
+    assert_eq!(
+        serve.stderr().matches(&overtaken(&dead, &live)).count(),
+        1,
+        "the dead address was dialled first:\n{}",
+        serve.stderr()
+    );
+    serve_row(
+        "S17",
+        "CONNECT to a name with two addresses, the first drops SYNs (--connect-timeout 10s)",
+        "dnsmasq + kernel (full accept queue)",
+        status_of(&head),
+        "tunnel to the second address, dialled 250 ms after the first; logged as `resolved`"
+            .to_owned(),
+        took,
+    );
+
+    let path = "/stagger-forwarded";
+    let started = Instant::now();
+    let (head, body) = get_through(&serve, &format!("http://{target}{path}"));
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let record = serve.record(|r| r["target"].as_str().unwrap().ends_with(path));
+    assert_eq!(record["resolved"], live.as_str(), "{record}");
+    assert_eq!(serve.stderr().matches(&overtaken(&dead, &live)).count(), 2);
+    serve_row(
+        "S18",
+        "forwarded http:// request to a name with two addresses, the first drops SYNs (--connect-timeout 10s)",
+        "dnsmasq + kernel (full accept queue)",
+        status_of(&head),
+        "forwarded to the second address, dialled 250 ms after the first; logged as `resolved`"
+            .to_owned(),
+        took,
+    );
+
+    // Every address dead: one 1 s limit for the race, not one per address.
+    let short = Serve::start(
+        "stagger-dead",
+        &d.yaml(),
+        &["--dns-server", &d.dns_server(), "--connect-timeout", "1s"],
+    );
+    let target = format!("dead.test:{}", d.echo.port);
+    let started = Instant::now();
+    let (head, _) = tunnel(short.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1900),
+        "{took:?}"
+    );
+    let record = short.record(|r| r["target"] == target.as_str());
+    let reason = record["reason"].as_str().unwrap();
+    let all = [d.at("127.0.0.2"), d.at("127.0.0.3"), d.at("127.0.0.4")].join(", ");
+    assert_eq!(reason, format!("timed out after 1s connecting to {all}"));
+    assert_eq!(record["resolved"], d.at("127.0.0.2").as_str(), "{record}");
+    serve_row(
+        "S21",
+        "CONNECT to a name whose three addresses all drop SYNs (--connect-timeout 1s)",
+        "dnsmasq + kernel (full accept queue)",
+        status_of(&head),
+        "failed: connect_timeout, after one limit for the whole race (all three dialled, 250 ms apart)"
+            .to_owned(),
+        took,
+    );
+}
+
+/// Through a parent, each checked address is its own connection to the
+/// parent and its own `CONNECT ip:port`, staggered the same way: one the
+/// parent hangs on (real tinyproxy, connecting to an address that drops
+/// SYNs) is overtaken after 250 ms; one the parent answers 503 for (real
+/// squid, connection refused there) is followed by the next at once. serve
+/// used to ask the parent for the first checked address only.
+#[test]
+fn through_a_parent_each_checked_address_is_its_own_connect() {
+    let d = DeadFirst::start("parent-stagger");
+    let dir = temp_dir("tinyproxy-stagger");
+    let tiny_port = free_port();
+    std::fs::write(
+        dir.join("tinyproxy.conf"),
+        format!(
+            "Port {tiny_port}\nListen 127.0.0.1\nTimeout 30\nLogLevel Connect\nConnectPort {}\n",
+            d.echo.port
+        ),
+    )
+    .unwrap();
+    let log = dir.join("out.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(require("tinyproxy"));
+    cmd.arg("-d").arg("-c").arg(dir.join("tinyproxy.conf"));
+    cmd.stdout(out.try_clone().unwrap()).stderr(out);
+    let mut tinyproxy = spawn(cmd);
+    wait_for_port(&mut tinyproxy, tiny_port, "tinyproxy", &log);
+    let tiny = format!("http://127.0.0.1:{tiny_port}");
+    let serve = Serve::start(
+        "parent-stagger",
+        &d.yaml(),
+        &[
+            "--dns-server",
+            &d.dns_server(),
+            "--connect-timeout",
+            "10s",
+            "--upstream",
+            &tiny,
+        ],
+    );
+    let (dead, live) = (d.at("127.0.0.2"), d.at("127.0.0.1"));
+    let target = format!("two.test:{}", d.echo.port);
+    let (head, took) = tunnel_to_echo(&serve, &target, "/parent-stagger");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let record = serve.record(|r| r["target"] == target.as_str());
+    assert_eq!(record["resolved"], live.as_str(), "{record}");
+    assert_eq!(record["upstream"], tiny.as_str(), "{record}");
+    assert!(
+        serve.stderr().contains(&overtaken(&dead, &live)),
+        "{}",
+        serve.stderr()
+    );
+    let tiny_log = std::fs::read_to_string(&log).unwrap_or_default();
+    for asked in [&dead, &live] {
+        assert!(
+            tiny_log.contains(&format!("CONNECT {asked} ")),
+            "tinyproxy was not asked for {asked}:\n{tiny_log}"
+        );
+    }
+    serve_row(
+        "S19",
+        "through a parent, the first checked address drops SYNs: the parent hangs on its CONNECT (--connect-timeout 10s)",
+        "tinyproxy + dnsmasq + kernel (full accept queue)",
+        status_of(&head),
+        "a second connection to the parent, CONNECT to the second address 250 ms later; logged as `resolved`"
+            .to_owned(),
+        took,
+    );
+
+    let w = world();
+    let squid = format!("http://127.0.0.1:{}", w.squid.open_port);
+    let via_squid = Serve::start(
+        "parent-refused",
+        &d.yaml(),
+        &[
+            "--dns-server",
+            &d.dns_server(),
+            "--connect-timeout",
+            "10s",
+            "--upstream",
+            &squid,
+        ],
+    );
+    let target = format!("refused.test:{}", d.echo.port);
+    let (head, took) = tunnel_to_echo(&via_squid, &target, "/parent-refused");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    let record = via_squid.record(|r| r["target"] == target.as_str());
+    assert_eq!(record["resolved"], live.as_str(), "{record}");
+    let refused = d.at("127.0.0.5");
+    let lines = w.squid.log_lines(&format!("CONNECT {refused} "), 1);
+    assert!(
+        lines.iter().any(|l| l.contains("/503 ")),
+        "squid's answer for {refused}: {lines:?}"
+    );
+    assert!(
+        via_squid
+            .stderr()
+            .contains(&format!("could not reach {refused}")),
+        "{}",
+        via_squid.stderr()
+    );
+    serve_row(
+        "S20",
+        "through a parent, the parent answers 503 for the first checked address (connection refused there)",
+        "squid + dnsmasq",
+        status_of(&head),
+        "CONNECT to the second address at once, on a new connection to the parent; logged as `resolved`"
+            .to_owned(),
+        took,
+    );
+
+    // Every address dead: one 1 s limit for the race through the parent too.
+    let short = Serve::start(
+        "parent-dead",
+        &d.yaml(),
+        &[
+            "--dns-server",
+            &d.dns_server(),
+            "--connect-timeout",
+            "1s",
+            "--upstream",
+            &tiny,
+        ],
+    );
+    let target = format!("dead.test:{}", d.echo.port);
+    let started = Instant::now();
+    let (head, _) = tunnel(short.port, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"));
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1900),
+        "{took:?}"
+    );
+    let record = short.record(|r| r["target"] == target.as_str());
+    let all = [d.at("127.0.0.2"), d.at("127.0.0.3"), d.at("127.0.0.4")].join(", ");
+    assert_eq!(
+        record["reason"].as_str().unwrap(),
+        format!("timed out after 1s connecting to {all} through proxy {tiny}")
+    );
+    serve_row(
+        "S22",
+        "through a parent, all three checked addresses drop SYNs (--connect-timeout 1s)",
+        "tinyproxy + dnsmasq + kernel (full accept queue)",
+        status_of(&head),
+        "failed: connect_timeout, after one limit for the whole race (three CONNECTs, 250 ms apart)"
+            .to_owned(),
+        took,
+    );
+    stop_server(tinyproxy);
 }
 
 #[test]

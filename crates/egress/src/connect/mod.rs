@@ -2,8 +2,9 @@
 //!
 //! Layers, each wrapping the one below:
 //! * TCP, direct with the purpose's blocklist on every DNS answer
-//!   ([`resolve::BlocklistResolver`] under hyper-util's `HttpConnector`, for
-//!   happy eyeballs), or to the proxy (its own address is never checked);
+//!   ([`resolve::BlocklistResolver`]), or to the proxy (its own address is
+//!   never checked); every address of the answer dialled, staggered
+//!   ([`dial`], RFC 8305), within the connect limit;
 //! * TLS to an `https://` proxy ([`tls`]);
 //! * `CONNECT host:port` through the proxy ([`tunnel`]);
 //! * TLS to the origin, inside the tunnel when there is one.
@@ -11,6 +12,7 @@
 //! [`Connector`] is a `tower::Service<Uri>` that decides the route and stacks
 //! the layers, for people who bring their own hyper client.
 
+pub(crate) mod dial;
 pub(crate) mod resolve;
 pub(crate) mod stream;
 pub(crate) mod tls;
@@ -19,14 +21,13 @@ pub(crate) mod tunnel;
 pub(crate) use self::tunnel::authority;
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tower_service::Service;
@@ -77,16 +78,15 @@ impl Timeouts {
     }
 }
 
-/// What the connectors share: settings, TLS configurations and TCP
-/// connectors, built once.
+/// What the connectors share: settings, TLS configurations and resolvers,
+/// built once.
 pub(crate) struct Shared {
     pub(crate) settings: Arc<ProxySettings>,
     pub(crate) tls: TlsConfigs,
     pub(crate) timeouts: Timeouts,
-    /// hyper-util's TCP connectors (happy eyeballs), one per blocklist
-    /// (none, general, federation, URL preview) and connect limit (regular,
-    /// federation): the limit reaches the TCP attempts themselves.
-    direct: [HttpConnector<BlocklistResolver>; 8],
+    /// The resolvers of direct connections, one per blocklist (none, for
+    /// proxies; general, federation, URL preview).
+    resolvers: [BlocklistResolver; 4],
 }
 
 impl Shared {
@@ -97,56 +97,31 @@ impl Shared {
         overrides: Overrides,
     ) -> Shared {
         let lists = settings.blocklists();
-        let tcp = |list: Option<&Blocklist>, limit: Duration| {
-            let mut http = HttpConnector::new_with_resolver(BlocklistResolver::new(
-                list.cloned(),
-                overrides.clone(),
-            ));
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(limit));
-            http
-        };
-        let lists = [
-            None,
-            Some(&lists.general),
-            Some(&lists.federation),
-            Some(&lists.url_preview),
+        let resolver =
+            |list: Option<&Blocklist>| BlocklistResolver::new(list.cloned(), overrides.clone());
+        let resolvers = [
+            resolver(None),
+            resolver(Some(&lists.general)),
+            resolver(Some(&lists.federation)),
+            resolver(Some(&lists.url_preview)),
         ];
-        let direct = std::array::from_fn(|i| {
-            let limit = if i < 4 {
-                timeouts.connect
-            } else {
-                timeouts.federation_connect
-            };
-            tcp(lists[i % 4], limit)
-        });
         Shared {
             settings,
             tls,
             timeouts,
-            direct,
+            resolvers,
         }
     }
 
-    /// The TCP connector for a blocklist (`None`: no list, for proxies) and a
-    /// purpose's connect limit.
-    pub(crate) fn tcp_for(
-        &self,
-        kind: Option<BlocklistKind>,
-        purpose: Purpose,
-    ) -> HttpConnector<BlocklistResolver> {
+    /// The resolver for a blocklist (`None`: no list, for proxies).
+    pub(crate) fn resolver_for(&self, kind: Option<BlocklistKind>) -> &BlocklistResolver {
         let list = match kind {
             None => 0,
             Some(BlocklistKind::General) => 1,
             Some(BlocklistKind::Federation) => 2,
             Some(BlocklistKind::UrlPreview) => 3,
         };
-        let limit = match purpose.tls() {
-            TlsKind::Federation => 4,
-            _ => 0,
-        };
-        self.direct[limit + list].clone()
+        &self.resolvers[list]
     }
 }
 
@@ -203,8 +178,8 @@ impl Connector {
             }),
             Route::Direct { blocklist, .. } => {
                 // The route's list is the purpose's (none for purposes without one).
-                let tcp = shared.tcp_for(blocklist.and(self.purpose.blocklist()), self.purpose);
-                let stream = tcp_connect(tcp, target.host, target.port, connect_limit, || {
+                let resolver = shared.resolver_for(blocklist.and(self.purpose.blocklist()));
+                let stream = tcp_connect(resolver, target.host, target.port, connect_limit, || {
                     authority.clone()
                 })
                 .await?;
@@ -243,9 +218,12 @@ impl Connector {
     /// TCP to the proxy (its own address is never checked against a blocklist).
     pub(crate) async fn proxy_tcp(&self, proxy: &ProxyUrl) -> Result<Stream, Error> {
         let host = proxy.host().to_string();
-        let tcp = self.shared.tcp_for(None, self.purpose);
+        let resolver = self.shared.resolver_for(None);
         let limit = self.shared.timeouts.connect_for(self.purpose);
-        tcp_connect(tcp, &host, proxy.port(), limit, || format!("proxy {proxy}")).await
+        tcp_connect(resolver, &host, proxy.port(), limit, || {
+            format!("proxy {proxy}")
+        })
+        .await
     }
 
     /// TLS to an `https://` proxy, with the purpose's certificate rules.
@@ -391,58 +369,67 @@ impl Service<Uri> for Connector {
     }
 }
 
-/// TCP connect through hyper-util's `HttpConnector` (happy eyeballs), with
-/// name resolution, and errors sorted into blocked / resolve / connect / timeout.
+/// TCP to `host:port`: an IP literal as it is, a name resolved by `resolver`
+/// (its blocklist on the whole answer), then every address dialled,
+/// staggered ([`dial`]). `limit` bounds the resolution and the whole race;
+/// errors sorted into blocked / resolve / connect / timeout.
 pub(crate) async fn tcp_connect(
-    mut tcp: HttpConnector<BlocklistResolver>,
+    resolver: &BlocklistResolver,
     host: &str,
     port: u16,
     limit: Duration,
     describe: impl Fn() -> String,
 ) -> Result<Stream, Error> {
-    let uri: Uri = format!("http://{}", tunnel::authority(unbracket(host), port))
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| Error::BadUrl {
-            url: host.to_owned(),
-            problem: e.to_string(),
-        })?;
+    let deadline = tokio::time::Instant::now() + limit;
     let timeout = || Error::Timeout {
         step: TimeoutStep::Connect,
         peer: describe(),
         after: limit,
     };
-    // hyper-util's own limit is the same; this one also bounds name resolution.
-    let err = match tokio::time::timeout(limit, tcp.call(uri)).await {
-        Ok(Ok(tcp)) => {
-            let tcp = tcp.into_inner();
-            tracing::debug!(peer = ?tcp.peer_addr().ok(), "connected to {}", describe());
+    let host = unbracket(host);
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => match tokio::time::timeout_at(deadline, resolver.resolve(host)).await {
+            Ok(Ok(answer)) => answer
+                .into_iter()
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .collect(),
+            Ok(Err(io)) => {
+                return Err(
+                    resolve::resolver_verdict(&io).unwrap_or_else(|| Error::Resolve {
+                        host: host.to_owned(),
+                        source: io,
+                    }),
+                )
+            }
+            Err(_) => return Err(timeout()),
+        },
+    };
+    let lost = match dial::tcp(&dial::interleave(&addrs), deadline).await {
+        Ok((tcp, addr)) => {
+            tracing::debug!(peer = %addr, "connected to {}", describe());
             return Ok(Stream::Tcp(tcp));
         }
-        Ok(Err(err)) => err,
-        Err(_) => return Err(timeout()),
+        Err(lost) => lost,
     };
-    // Sort by the types in the error's chain: our resolver's refusal and
-    // failure, then the I/O error of the attempt.
-    if let Some(verdict) = resolve::resolver_verdict(&err) {
-        return Err(verdict);
+    let failed = match lost {
+        dial::Lost::TimedOut { waiting, .. } => {
+            tracing::debug!(?waiting, "no connection to {} within {limit:?}", describe());
+            return Err(timeout());
+        }
+        lost => lost.last_failure(),
+    };
+    match failed {
+        Some((_, io)) if io.kind() == std::io::ErrorKind::TimedOut => Err(timeout()),
+        Some((_, io)) => Err(Error::Connect {
+            target: describe(),
+            source: io,
+        }),
+        None => Err(Error::Connect {
+            target: describe(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address to connect to"),
+        }),
     }
-    let ios: Vec<&std::io::Error> = resolve::causes(&err)
-        .into_iter()
-        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .collect();
-    if ios
-        .iter()
-        .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    {
-        return Err(timeout());
-    }
-    Err(Error::Connect {
-        target: describe(),
-        source: ios.last().map_or_else(
-            || std::io::Error::other(err.to_string()),
-            |io| resolve::copy_io_error(io),
-        ),
-    })
 }
 
 /// A TLS handshake over `stream`, verifying `name` (a DNS name or IP address).

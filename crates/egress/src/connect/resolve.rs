@@ -1,19 +1,13 @@
 //! Name resolution for direct connections, with the purpose's blocklist
 //! applied to every answer: if any address is blocked, none is used.
 //!
-//! A `tower::Service<Name>`, so hyper-util's `HttpConnector` (happy eyeballs,
-//! connect timeout) does the connecting.
+//! The connector dials the whole answer (staggered, [`super::dial`]); the
+//! reqwest adapter hands it to reqwest's connector.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use hyper_util::client::legacy::connect::dns::Name;
-use tower_service::Service;
 
 use crate::{Blocked, Blocklist};
 
@@ -102,21 +96,6 @@ impl BlocklistResolver {
             }
         }
         Ok(())
-    }
-}
-
-impl Service<Name> for BlocklistResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.resolve(name.as_str()).await.map(Vec::into_iter) })
     }
 }
 

@@ -1,5 +1,6 @@
-//! Forwarded `http://` requests: sent to the checked addresses, tried in
-//! order (or to the parent proxy, naming the first checked address), with
+//! Forwarded `http://` requests: sent to the checked addresses, every one
+//! dialled, staggered as a CONNECT's are (or to the parent proxy, naming the
+//! first checked address), with
 //! the original `Host`, bodies streamed both ways, hop-by-hop headers removed
 //! and `Via` added. hyper-util's client pools direct connections per target
 //! name and port (each connected to an address checked for that name), and
@@ -82,7 +83,7 @@ impl ForwardClient {
 
 tokio::task_local! {
     /// The addresses checked for the request being sent: the direct
-    /// client's dial tries them in order. hyper-util calls the dial while
+    /// client's dial races them ([`dial_direct`]). hyper-util calls the dial while
     /// polling `Client::request`, inside this scope.
     static CHECKED: Arc<[IpAddr]>;
 }

@@ -22,13 +22,14 @@ use super::metrics::Metrics;
 use super::policy::Denial;
 use super::splice::{self, Moved};
 use super::{ServeConfig, ServeError, ServePolicy, State, Working};
+use crate::connect::dial::{self, Lost};
 use crate::connect::resolve::Overrides;
 use crate::connect::stream::Stream;
 use crate::connect::tls::TlsConfigs;
 use crate::connect::{authority, Connector, Shared};
 use crate::proxy_url::unbracket;
 use crate::route::Scheme;
-use crate::{BlocklistKind, Error, Purpose, Timeouts};
+use crate::{BlocklistKind, Error, ProxyUrl, Purpose, Timeouts};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type ServeBody = BoxBody<Bytes, BoxError>;
@@ -415,42 +416,106 @@ impl Unreachable {
     }
 }
 
-/// Connects to the first checked address that answers, within the limit.
+/// The checked addresses with the port, in dialling order (RFC 8305 §4:
+/// address families interleaved, the first answer's family first).
+fn dial_order(addrs: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    let addrs: Vec<SocketAddr> = addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+    dial::interleave(&addrs)
+}
+
+/// `a, b, c` for a message.
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Connects to the first checked address that answers: every one tried,
+/// staggered ([`dial`]), the whole race within the limit.
 pub(crate) async fn dial_direct(
     addrs: &[IpAddr],
     port: u16,
     limit: Duration,
 ) -> Result<(TcpStream, SocketAddr), Error> {
+    let order = dial_order(addrs, port);
     let deadline = tokio::time::Instant::now() + limit;
-    let mut last = None;
-    for ip in addrs {
-        let addr = SocketAddr::new(*ip, port);
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => {
-                let _ = tcp.set_nodelay(true);
-                return Ok((tcp, addr));
-            }
-            Ok(Err(source)) => {
-                tracing::debug!("cannot connect to {addr}: {source}; next checked address, if any");
-                last = Some(Error::Connect {
-                    target: addr.to_string(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    step: crate::TimeoutStep::Connect,
-                    peer: addr.to_string(),
-                    after: limit,
-                })
-            }
-        }
+    match dial::tcp(&order, deadline).await {
+        Ok(won) => Ok(won),
+        Err(Lost::TimedOut { waiting, .. }) => Err(Error::Timeout {
+            step: crate::TimeoutStep::Connect,
+            peer: list(if waiting.is_empty() { &order } else { &waiting }),
+            after: limit,
+        }),
+        Err(lost) => Err(match lost.last_failure() {
+            Some((addr, source)) => Error::Connect {
+                target: addr.to_string(),
+                source,
+            },
+            None => Error::Connect {
+                target: format!("port {port}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no checked address to connect to",
+                ),
+            },
+        }),
     }
-    Err(last.expect("at least one address"))
 }
 
-/// Opens the tunnel's far end: the checked address directly, or the parent
-/// asked for `CONNECT ip:port` with `via`.
+/// `CONNECT ip:port` through the parent for the first checked address whose
+/// tunnel opens: each attempt its own connection to the parent, staggered
+/// like a direct dial ([`dial`]), the whole race within the limit. An error
+/// reply that is the address's (502, 503, 504: the parent could not reach
+/// it) starts the next attempt at once; any other failure is the parent's
+/// and ends the race.
+async fn dial_parent(
+    active: &Active,
+    proxy: &ProxyUrl,
+    key: &'static str,
+    addrs: &[IpAddr],
+    port: u16,
+    via: Option<&HeaderValue>,
+    limit: Duration,
+) -> Result<(Stream, SocketAddr), Error> {
+    let order = dial_order(addrs, port);
+    let deadline = tokio::time::Instant::now() + limit;
+    let attempt = |addr: SocketAddr| async move {
+        let stream = active.parent.proxy_stream(proxy, limit).await?;
+        let target = authority(&addr.ip().to_string(), addr.port());
+        let tunnel = active.parent.tunnel(stream, proxy, key, &target, via).await;
+        if let Err(e) = &tunnel {
+            tracing::debug!("through {proxy}: {e}");
+        }
+        tunnel
+    };
+    let address_failed = |e: &Error| matches!(e, Error::ProxyUnreachable { .. });
+    match dial::race(&order, deadline, attempt, |e| !address_failed(e)).await {
+        Ok(won) => Ok(won),
+        Err(Lost::TimedOut { waiting, .. }) => Err(Error::Timeout {
+            step: crate::TimeoutStep::Connect,
+            peer: format!(
+                "{} through proxy {proxy}",
+                list(if waiting.is_empty() { &order } else { &waiting })
+            ),
+            after: limit,
+        }),
+        Err(lost) => Err(match lost.last_failure() {
+            Some((_, e)) => e,
+            None => Error::Connect {
+                target: format!("port {port} through proxy {proxy}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no checked address to connect to",
+                ),
+            },
+        }),
+    }
+}
+
+/// Opens the tunnel's far end: a checked address directly, or through the
+/// parent asked for `CONNECT ip:port` with `via`.
 async fn open(
     state: &State,
     active: &Active,
@@ -465,26 +530,10 @@ async fn open(
             .await
             .map(|(tcp, addr)| (Stream::Tcp(tcp), addr, None))
             .map_err(|e| Unreachable::from_error(&e, false)),
-        Some((proxy, key)) => {
-            let addr = SocketAddr::new(addrs[0], asked.port);
-            let through = async {
-                let stream = active.parent.proxy_stream(proxy, limit).await?;
-                active
-                    .parent
-                    .tunnel(
-                        stream,
-                        proxy,
-                        key,
-                        &authority(&addr.ip().to_string(), addr.port()),
-                        via,
-                    )
-                    .await
-            };
-            through
-                .await
-                .map(|stream| (stream, addr, Some(proxy.to_string())))
-                .map_err(|e| Unreachable::from_error(&e, true))
-        }
+        Some((proxy, key)) => dial_parent(active, proxy, key, addrs, asked.port, via, limit)
+            .await
+            .map(|(stream, addr)| (stream, addr, Some(proxy.to_string())))
+            .map_err(|e| Unreachable::from_error(&e, true)),
     };
     Metrics::observe(&state.metrics.connect_seconds, started.elapsed());
     result

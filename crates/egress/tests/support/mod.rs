@@ -988,6 +988,59 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// An address that drops SYNs, on loopback: a listener on `addr` that never
+/// accepts, its accept queue filled, so that Linux drops every further SYN
+/// and a connect to it hangs until the caller's limit (a dead address in a
+/// DNS answer). Checked when made: a plain connect to it must time out.
+/// Dropping it closes the listener and the queued connections.
+pub struct DropsSyns {
+    pub addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl DropsSyns {
+    pub fn on(addr: SocketAddr) -> DropsSyns {
+        let _guard = runtime().enter();
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .unwrap();
+        socket
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let wait = Duration::from_millis(300);
+        let mut queued = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, wait) {
+                Ok(tcp) => queued.push(tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the accept queue of {addr}: {e}"),
+            }
+            assert!(
+                queued.len() < 16,
+                "the accept queue of {addr} never filled up"
+            );
+        }
+        let started = Instant::now();
+        let check = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+        assert!(
+            matches!(&check, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "a connect to {addr} must time out, it ended {check:?} after {:?}",
+            started.elapsed()
+        );
+        DropsSyns {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
+
 /// One row of RELIABILITY.md's fault table, as a test measured it. When
 /// EGRESS_FAULT_TABLE names a file (scripts/fault-table sets it), `record`
 /// appends the row to it as one JSON line; otherwise it does nothing.

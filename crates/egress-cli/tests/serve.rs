@@ -1718,4 +1718,12 @@ fn a_request_log_nobody_reads_does_not_stop_the_proxy() {
         .expect("all the log lines within 10 s");
     // More than a pipe holds (64 KiB): serve was really held up by it.
     assert!(bytes > 4 * 65_536, "{bytes} bytes of log");
+    // Held up, not over its limit: no line was dropped, and the metric says so.
+    assert!(
+        serve
+            .metrics()
+            .contains("egress_serve_log_lines_dropped_total 0\n"),
+        "{}",
+        serve.metrics()
+    );
 }

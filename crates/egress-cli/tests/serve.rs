@@ -806,6 +806,77 @@ fn a_forwarded_request_tries_the_next_checked_address() {
     assert_eq!(echo.accepted(), 1);
 }
 
+/// The fake for a keep-alive race no real server makes on demand: on its
+/// first connection it answers one request (keep-alive), then reads the next
+/// and closes without answering, as a server does that closes an idle
+/// connection just as the proxy reuses it. Later connections are answered
+/// (`again`) and closed. Counts the connections.
+fn closes_the_reused_connection() -> (u16, Arc<AtomicUsize>) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(WAIT)).unwrap();
+                let mut reader = BufReader::new(tcp);
+                let _ = read_head_buffered(&mut reader);
+                let tcp = reader.get_mut();
+                if n == 0 {
+                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst");
+                    let _ = read_head_buffered(&mut reader);
+                } else {
+                    let _ = tcp.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nagain",
+                    );
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_get_whose_reused_connection_closes_unanswered_is_sent_again_and_a_post_is_not() {
+    let serve = Serve::start("reused-closes", &allow(&["127.0.0.1/32"]), &[]);
+    // GET: the second goes out on the pooled connection, which the origin
+    // closes unanswered; serve sends it again on a new one.
+    let (port, accepted) = closes_the_reused_connection();
+    let url = format!("http://127.0.0.1:{port}");
+    let (head, body) = get_through(&serve, &format!("{url}/one"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert_eq!(body, "first");
+    std::thread::sleep(Duration::from_millis(200)); // back in the pool
+    let (head, body) = get_through(&serve, &format!("{url}/two"));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{head}{body}\n{}",
+        serve.stderr()
+    );
+    assert_eq!(body, "again");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let record = serve.record(|r| r["target"].as_str().unwrap().ends_with("/two"));
+    assert_eq!(logged(&record), "allowed: checked", "{record}");
+    // POST: not idempotent, so not sent again: a 502 that says why.
+    let (port, accepted) = closes_the_reused_connection();
+    let url = format!("http://127.0.0.1:{port}");
+    let (head, _) = get_through(&serve, &format!("{url}/one"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (head, body) = raw(
+        serve.port,
+        &format!(
+            "POST {url}/post HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}{body}");
+    assert!(body.contains("closed or broke the exchange"), "{body}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn dns_rebinding_cannot_switch_the_address_after_the_check() {
     // The name answers 127.0.0.1 (allowed) once, then 127.0.0.10 (blocked),

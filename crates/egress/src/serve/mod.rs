@@ -654,11 +654,13 @@ mod tests {
 
     #[tokio::test]
     async fn log_lines_the_caller_dropped_are_counted_in_the_metrics() {
-        let mut config = ServeConfig::default();
-        config.listen = vec![Listen::new(
-            "127.0.0.1:0".parse().unwrap(),
-            BlocklistKind::General,
-        )];
+        let config = ServeConfig {
+            listen: vec![Listen::new(
+                "127.0.0.1:0".parse().unwrap(),
+                BlocklistKind::General,
+            )],
+            ..ServeConfig::default()
+        };
         let settings = crate::ProxySettings::none();
         let server = Server::bind(config, ServePolicy::new(settings))
             .await

@@ -539,6 +539,8 @@ type Tls = tokio_rustls::client::TlsStream<Counted>;
 
 /// A response head.
 struct Head {
+    /// When the head was complete.
+    at: Instant,
     status: u16,
     length: Option<usize>,
     chunked: bool,
@@ -586,6 +588,7 @@ async fn read_head<S: AsyncRead + Unpin>(
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| format!("not a status line: {text:?}"))?;
             let mut head = Head {
+                at: Instant::now(),
                 status,
                 length: None,
                 chunked: false,
@@ -1262,7 +1265,10 @@ async fn forwarded(
         drop_after_first,
     )
     .await;
-    let took = started.elapsed();
+    // The time to serve's answer: the response head.
+    let took = result
+        .as_ref()
+        .map_or_else(|_| started.elapsed(), |(h, _)| h.at - started);
     let ok = if want_denied {
         let mut ok = Dec::Denied as u8;
         if route != Route::Literal && sh.faults.overlaps(Fault::Dns, started, Instant::now()) {

@@ -580,6 +580,34 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     assert_eq!(up["resolved"], format!("127.0.0.1:{}", echo.port));
     let down = serve.record(|r| r["target"].as_str().unwrap().contains("/big"));
     assert_eq!(down["bytes_down"], 2_000_000);
+    assert_eq!(logged(&down), "allowed: checked", "{down}");
+    // A client that leaves mid-response: logged as such, not as complete.
+    let mut tcp = connect(serve.port);
+    tcp.write_all(
+        format!(
+            "GET http://localhost:{}/big?n=50000000 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            echo.port, echo.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let head = read_head(&mut tcp);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.read_exact(&mut [0u8; 1000]).unwrap();
+    drop(tcp);
+    let left = serve.record(|r| r["target"].as_str().unwrap().contains("n=50000000"));
+    assert!(
+        logged(&left).starts_with("allowed: checked; the client left after "),
+        "{left}"
+    );
+    assert!(left["bytes_down"].as_u64().unwrap() < 50_000_000, "{left}");
+    assert_eq!(
+        metric(
+            &serve.metrics(),
+            r#"egress_serve_requests_total{decision="allowed",reason="client_gone"}"#
+        ),
+        1
+    );
 }
 
 /// The value of the metric line starting with `name` (0 when absent).

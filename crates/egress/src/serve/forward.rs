@@ -504,6 +504,23 @@ impl DownBody {
     }
 }
 
+impl Drop for DownBody {
+    /// Dropped before its end (hyper stops at the end on its own only when
+    /// the origin's body is complete): the client left mid-response, which
+    /// the log says rather than `checked` alone.
+    fn drop(&mut self) {
+        if self.finish.is_some() && !self.inner.is_end_stream() {
+            self.end(Some((
+                "client_gone",
+                format!(
+                    "checked; the client left after {} bytes of the response",
+                    self.count
+                ),
+            )));
+        }
+    }
+}
+
 impl Body for DownBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -284,6 +284,9 @@ struct Rec {
     answer: Option<(Dec, u16)>,
     /// Bytes up and down through a tunnel that ended cleanly.
     bytes: Option<(u64, u64)>,
+    /// A forwarded response the client gave up on (a stall): serve must log
+    /// that the client left.
+    left: bool,
 }
 
 // ------------------------------------------------------------------ faults
@@ -467,8 +470,13 @@ impl Shared {
             ok,
             answer,
             bytes: None,
+            left: false,
         });
         records.len() - 1
+    }
+
+    fn set_left(&self, index: usize) {
+        self.records.lock().unwrap()[index].left = true;
     }
 
     fn set_bytes(&self, index: usize, up: u64, down: u64) {
@@ -1283,7 +1291,10 @@ async fn forwarded(
         .as_ref()
         .ok()
         .map(|(h, _)| (Dec::of(h.status, h.egress_denied, false), h.status));
-    sh.record(kind, route, client, false, url.clone(), ok, answer, took);
+    let index = sh.record(kind, route, client, false, url.clone(), ok, answer, took);
+    if fake && matches!(&result, Ok((h, BodyEnd::Stalled(_))) if h.status == 200) {
+        sh.set_left(index);
+    }
     let reuse = match &result {
         Ok((h, BodyEnd::Complete(_))) => !h.close,
         _ => false,
@@ -2381,6 +2392,13 @@ fn account(sh: &Shared, m: Option<&BTreeMap<String, f64>>, allow_drops: bool) ->
                     v["upstream"], r.route
                 ));
             }
+        }
+        let reason = v["reason"].as_str().unwrap_or("");
+        if r.left && !reason.contains("the client left") {
+            problems.push(
+                "the client gave up on the response, and the reason does not say it left"
+                    .to_owned(),
+            );
         }
         if let Some((up, down)) = r.bytes {
             a.bytes_checked += 1;

@@ -341,6 +341,9 @@ def run_load(servers, a, scratch, out_jsonl, load_log):
     panicked = []
 
     def tee():
+        # Signals go to the main thread, whose read of the load's commands
+        # they interrupt (delivered here, they would wait for its next line).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGINT})
         with open(load_log, "a") as fh:
             for line in p.stderr:
                 with STDERR:
@@ -387,6 +390,11 @@ def run_load(servers, a, scratch, out_jsonl, load_log):
                 problems.append(f"server(s) died during the load: {', '.join(dead)}")
             p.stdin.write(reply + "\n")
             p.stdin.flush()
+    except BaseException:
+        # Interrupted: the load goes first (waiting for it would take the
+        # rest of the run).
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
     finally:
         rc = p.wait()
         t.join(timeout=10)

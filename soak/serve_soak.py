@@ -166,6 +166,7 @@ http {{
 {locations}    }}
     server {{
 {preview}        keepalive_timeout 5s;
+        client_header_timeout 5s;
         keepalive_requests 1000;
 {locations}    }}
 }}
@@ -184,6 +185,14 @@ http {{
                                    "--http", f"{self.fake_http[0]}:{FAKE_HTTP}",
                                    "--https", f"{self.fake_https[0]}:{FAKE_HTTPS}"],
                    os.path.join(d, "stderr"))
+
+    def write_squid_conf(self):
+        super().write_squid_conf()
+        # A connection serve's pool opened and never used is closed after 5 s
+        # (squid's default: 5 minutes), as idle ones are after 3 s: then
+        # serve's descriptors are back at the baseline soon after the load.
+        with open(f"{self.squid_dir}/squid.conf", "a") as f:
+            f.write("request_start_timeout 5 seconds\n")
 
     def write_dnsmasq_conf(self):
         d = os.path.join(self.dir, "dnsmasq")
@@ -301,6 +310,8 @@ address=/evil.parent.soak.test/10.0.0.7
             "fake_http": self.fake_http,
             "fake_https": self.fake_https,
             "flip_port": self.flip_port,
+            "squid_port": self.squid_port,
+            "dns_port": self.dns_port,
         }
 
 

@@ -173,6 +173,8 @@ struct Cfg {
     fake_http: Vec<u16>,
     fake_https: Vec<u16>,
     flip_port: u16,
+    squid_port: u16,
+    dns_port: u16,
     tls: tokio_rustls::TlsConnector,
 }
 
@@ -1790,7 +1792,23 @@ fn serve_status(pid: u32) -> (u64, u64, usize) {
 /// What serve's descriptors are, summed: sockets by state and peer port
 /// (from /proc/net/tcp*, udp*), and the rest by kind (for a report when the
 /// count does not go back).
-fn serve_fd_kinds(pid: u32) -> BTreeMap<String, u64> {
+fn serve_fd_kinds(cfg: &Cfg) -> BTreeMap<String, u64> {
+    let pid = cfg.pid;
+    let role = |port: u16| -> String {
+        if port == cfg.squid_port {
+            "squid".into()
+        } else if port == cfg.dns_port {
+            "dnsmasq".into()
+        } else if cfg.fed_ports.contains(&port) || port == cfg.flip_port {
+            "nginx https".into()
+        } else if cfg.preview_ports.contains(&port) {
+            "nginx http".into()
+        } else if cfg.fake_http.contains(&port) || cfg.fake_https.contains(&port) {
+            "fake origin".into()
+        } else {
+            format!(":{port}")
+        }
+    };
     let mut sockets: HashMap<String, String> = HashMap::new();
     for (file, proto) in [
         ("tcp", "tcp"),
@@ -1821,7 +1839,7 @@ fn serve_fd_kinds(pid: u32) -> BTreeMap<String, u64> {
             let what = if f[3] == "0A" {
                 format!("{proto} listen :{}", port(f[1]))
             } else {
-                format!("{proto} {state} to :{}", port(f[2]))
+                format!("{proto} {state} to {}", role(port(f[2])))
             };
             sockets.insert(f[9].to_owned(), what);
         }
@@ -2072,6 +2090,8 @@ async fn soak(config: Value, run: Run) -> i32 {
         fake_http: ports("fake_http"),
         fake_https: ports("fake_https"),
         flip_port: config["flip_port"].as_u64().expect("flip_port") as u16,
+        squid_port: config["squid_port"].as_u64().expect("squid_port") as u16,
+        dns_port: config["dns_port"].as_u64().expect("dns_port") as u16,
         tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
     };
     let mut out = std::fs::OpenOptions::new()
@@ -2144,7 +2164,7 @@ async fn soak(config: Value, run: Run) -> i32 {
         );
     }
     let (base_rss, base_hwm, base_fds) = serve_status(sh.cfg.pid);
-    let base_kinds = serve_fd_kinds(sh.cfg.pid);
+    let base_kinds = serve_fd_kinds(&sh.cfg);
     write(json!({
         "phase": "baseline", "warmup_requests": warm_requests,
         "serve": {"rss_kib": base_rss, "hwm_kib": base_hwm, "fds": base_fds, "fd_kinds": base_kinds},
@@ -2196,7 +2216,7 @@ async fn soak(config: Value, run: Run) -> i32 {
         );
     }
     let (after_rss, after_hwm, after_fds) = serve_status(sh.cfg.pid);
-    let after_kinds = serve_fd_kinds(sh.cfg.pid);
+    let after_kinds = serve_fd_kinds(&sh.cfg);
     if after_fds > fds_limit {
         sh.fail(
             "serve's file descriptors did not go back to the baseline",

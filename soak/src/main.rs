@@ -4,6 +4,7 @@
 //! egress-soak certs DIR
 //! egress-soak fake-origin --dir DIR --cert FILE --key FILE --http FIRST:COUNT --https FIRST:COUNT
 //! egress-soak load --config FILE --out FILE --minutes N [--warmup SECONDS] [--slack-ms MS]
+//! egress-soak serve-load --config FILE --out FILE --minutes N [--warmup SECONDS] [--allow-log-drops 1]
 //! ```
 //!
 //! * `certs` makes a test CA and one server certificate for `*.soak.test`,
@@ -17,10 +18,14 @@
 //!   fault schedule; it records every minute and checks for leaks at the end.
 //!   It asks `soak/run` to kill and restart squid by printing `squid-kill` /
 //!   `squid-start` on stdout and waits for `ok` on stdin.
+//! * `serve-load` is the serve soak's load (`soak/run --serve`): a busy
+//!   homeserver's outbound traffic through `egress serve`, with faults and
+//!   reloads, and the accounting of serve's log (see serve_load.rs).
 
 mod fake;
 mod heap;
 mod load;
+mod serve_load;
 
 #[global_allocator]
 static GLOBAL: heap::Counting = heap::Counting;
@@ -44,6 +49,7 @@ fn main() {
         }
         "fake-origin" => fake::main(&opts),
         "load" => load::main(&opts),
+        "serve-load" => serve_load::main(&opts),
         other => usage(&format!("unknown subcommand {other}")),
     };
     std::process::exit(code);
@@ -51,7 +57,7 @@ fn main() {
 
 pub(crate) fn usage(problem: &str) -> ! {
     eprintln!(
-        "egress-soak: {problem}\nusage: egress-soak certs|fake-origin|load ... (see soak/src/main.rs)"
+        "egress-soak: {problem}\nusage: egress-soak certs|fake-origin|load|serve-load ... (see soak/src/main.rs)"
     );
     std::process::exit(2);
 }
@@ -90,7 +96,8 @@ pub(crate) fn opt_num<T: std::str::FromStr>(
     }
 }
 
-/// A test CA and a server certificate it issued, as PEM files in `dir`:
+/// A test CA and a server certificate it issued (for `*.soak.test`, and the
+/// serve soak's `*.direct.soak.test` and `*.parent.soak.test`), as PEM files in `dir`:
 /// `ca.pem`, `server.crt`, `server.key`, and `server.pem` (both, for stunnel).
 fn certs(dir: &Path) {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -106,6 +113,8 @@ fn certs(dir: &Path) {
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let names = vec![
         "*.soak.test".to_owned(),
+        "*.direct.soak.test".to_owned(),
+        "*.parent.soak.test".to_owned(),
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
     ];

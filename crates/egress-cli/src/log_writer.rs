@@ -69,20 +69,24 @@ impl LogWriter {
     }
 
     /// Queues one line (a newline is added). Never waits for the output.
-    pub fn line(&self, line: &str) {
+    /// False when the line was dropped: too much is waiting, or the log is
+    /// closed.
+    #[must_use = "a dropped line should be counted"]
+    pub fn line(&self, line: &str) -> bool {
         let mut state = self.shared.lock();
         if state.closing {
-            return;
+            return false;
         }
         if state.pending.len() + line.len() + 1 > self.shared.max_pending {
             state.dropped += 1;
-            return;
+            return false;
         }
         state.pending.extend_from_slice(line.as_bytes());
         state.pending.push(b'\n');
         if state.pending.len() >= FLUSH_AT {
             self.shared.wake.notify_one();
         }
+        true
     }
 
     /// Writes what is waiting and stops the thread; later lines are
@@ -172,9 +176,10 @@ mod tests {
         })
         .unwrap();
         for i in 0..10_000 {
-            writer.line(&format!("{{\"n\":{i}}}"));
+            assert!(writer.line(&format!("{{\"n\":{i}}}")));
         }
         writer.finish();
+        assert!(!writer.line("after the end"));
         let all: Vec<u8> = written.try_iter().flatten().collect();
         let text = String::from_utf8(all).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -200,10 +205,13 @@ mod tests {
         // The output is stuck; a line of 99 bytes + newline: 10 fit.
         let line = "x".repeat(99);
         let started = std::time::Instant::now();
+        let mut kept = 0;
         for _ in 0..1000 {
-            writer.line(&line);
+            kept += usize::from(writer.line(&line));
         }
         assert!(started.elapsed() < Duration::from_secs(1));
+        // What the writer reports as dropped is what it did not keep.
+        assert!((10..=20).contains(&kept), "{kept}");
         drop(held);
         writer.finish();
         let total: usize = written.try_iter().map(|b| b.len()).sum();
@@ -212,5 +220,6 @@ mod tests {
         assert!(total <= 2000, "{total}");
         assert!(total >= 1000, "{total}");
         assert_eq!(total % 100, 0);
+        assert_eq!(total, kept * 100);
     }
 }

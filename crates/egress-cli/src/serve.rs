@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egress::serve::{policy_name, Htpasswd, Listen, ServeConfig, ServeError, ServePolicy, Server};
+use egress::serve::{
+    policy_name, Htpasswd, Listen, ServeConfig, ServeError, ServeHandle, ServePolicy, Server,
+};
 use egress::ProxyUrl;
 use serde_json::json;
 
@@ -254,8 +256,20 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
+    // A line the log cannot keep is counted in the metrics
+    // (egress_serve_log_lines_dropped_total) through the server's handle,
+    // known once bound; the slot is emptied at the end (the handle holds
+    // the server, which holds this closure).
+    let counter: Arc<Mutex<Option<ServeHandle>>> = Arc::default();
     let sink = log.clone();
-    config.on_request = Some(Arc::new(move |record| sink.line(&record.to_json())));
+    let count_drop = counter.clone();
+    config.on_request = Some(Arc::new(move |record| {
+        if !sink.line(&record.to_json()) {
+            if let Some(handle) = &*count_drop.lock().unwrap_or_else(|e| e.into_inner()) {
+                handle.log_lines_dropped(1);
+            }
+        }
+    }));
     let server = match Server::bind(config, policy).await {
         Ok(server) => server,
         Err(e @ ServeError::Bind { .. }) => {
@@ -282,6 +296,7 @@ async fn run(args: Args) -> ExitCode {
         server.via_name()
     );
     let handle = server.handle();
+    *counter.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
     let signals = tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
@@ -314,6 +329,7 @@ async fn run(args: Args) -> ExitCode {
     });
     let drained = server.run().await;
     signals.abort();
+    counter.lock().unwrap_or_else(|e| e.into_inner()).take();
     log.finish();
     if drained.abandoned > 0 {
         tracing::warn!(

@@ -580,6 +580,34 @@ fn forwarded_requests_stream_bodies_keep_alive_and_drop_hop_by_hop_headers() {
     assert_eq!(up["resolved"], format!("127.0.0.1:{}", echo.port));
     let down = serve.record(|r| r["target"].as_str().unwrap().contains("/big"));
     assert_eq!(down["bytes_down"], 2_000_000);
+    assert_eq!(logged(&down), "allowed: checked", "{down}");
+    // A client that leaves mid-response: logged as such, not as complete.
+    let mut tcp = connect(serve.port);
+    tcp.write_all(
+        format!(
+            "GET http://localhost:{}/big?n=50000000 HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+            echo.port, echo.port
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let head = read_head(&mut tcp);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.read_exact(&mut [0u8; 1000]).unwrap();
+    drop(tcp);
+    let left = serve.record(|r| r["target"].as_str().unwrap().contains("n=50000000"));
+    assert!(
+        logged(&left).starts_with("allowed: checked; the client left after "),
+        "{left}"
+    );
+    assert!(left["bytes_down"].as_u64().unwrap() < 50_000_000, "{left}");
+    assert_eq!(
+        metric(
+            &serve.metrics(),
+            r#"egress_serve_requests_total{decision="allowed",reason="client_gone"}"#
+        ),
+        1
+    );
 }
 
 /// The value of the metric line starting with `name` (0 when absent).
@@ -1138,6 +1166,77 @@ fn through_a_parent_each_checked_address_is_its_own_connect() {
         took,
     );
     stop_server(tinyproxy);
+}
+
+/// The fake for a keep-alive race no real server makes on demand: on its
+/// first connection it answers one request (keep-alive), then reads the next
+/// and closes without answering, as a server does that closes an idle
+/// connection just as the proxy reuses it. Later connections are answered
+/// (`again`) and closed. Counts the connections.
+fn closes_the_reused_connection() -> (u16, Arc<AtomicUsize>) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(WAIT)).unwrap();
+                let mut reader = BufReader::new(tcp);
+                let _ = read_head_buffered(&mut reader);
+                let tcp = reader.get_mut();
+                if n == 0 {
+                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst");
+                    let _ = read_head_buffered(&mut reader);
+                } else {
+                    let _ = tcp.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nagain",
+                    );
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_get_whose_reused_connection_closes_unanswered_is_sent_again_and_a_post_is_not() {
+    let serve = Serve::start("reused-closes", &allow(&["127.0.0.1/32"]), &[]);
+    // GET: the second goes out on the pooled connection, which the origin
+    // closes unanswered; serve sends it again on a new one.
+    let (port, accepted) = closes_the_reused_connection();
+    let url = format!("http://127.0.0.1:{port}");
+    let (head, body) = get_through(&serve, &format!("{url}/one"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}{body}");
+    assert_eq!(body, "first");
+    std::thread::sleep(Duration::from_millis(200)); // back in the pool
+    let (head, body) = get_through(&serve, &format!("{url}/two"));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{head}{body}\n{}",
+        serve.stderr()
+    );
+    assert_eq!(body, "again");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let record = serve.record(|r| r["target"].as_str().unwrap().ends_with("/two"));
+    assert_eq!(logged(&record), "allowed: checked", "{record}");
+    // POST: not idempotent, so not sent again: a 502 that says why.
+    let (port, accepted) = closes_the_reused_connection();
+    let url = format!("http://127.0.0.1:{port}");
+    let (head, _) = get_through(&serve, &format!("{url}/one"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    std::thread::sleep(Duration::from_millis(200));
+    let (head, body) = raw(
+        serve.port,
+        &format!(
+            "POST {url}/post HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}{body}");
+    assert!(body.contains("closed or broke the exchange"), "{body}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[test]
@@ -2052,4 +2151,12 @@ fn a_request_log_nobody_reads_does_not_stop_the_proxy() {
         .expect("all the log lines within 10 s");
     // More than a pipe holds (64 KiB): serve was really held up by it.
     assert!(bytes > 4 * 65_536, "{bytes} bytes of log");
+    // Held up, not over its limit: no line was dropped, and the metric says so.
+    assert!(
+        serve
+            .metrics()
+            .contains("egress_serve_log_lines_dropped_total 0\n"),
+        "{}",
+        serve.metrics()
+    );
 }

@@ -229,15 +229,50 @@ pub(crate) async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let up = Arc::new(AtomicU64::new(0));
+    // A request that can be sent again if its connection closes first: kept.
+    let again = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        let mut copy = Request::new(());
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy
+    });
     let request = Request::from_parts(
         parts,
         UpBody {
-            inner: body,
+            inner: Some(body),
             count: up.clone(),
         },
     );
     let through_parent = pending.record.upstream.is_some();
-    let sent = CHECKED.scope(addrs.into(), client.request(request));
+    let addrs: Arc<[IpAddr]> = addrs.into();
+    let sent = async {
+        let first = CHECKED.scope(addrs.clone(), client.request(request)).await;
+        match (first, again) {
+            // A pooled connection the target (or parent) closed as idle
+            // just as this request went out: nothing was answered, and the
+            // request is idempotent and has no body, so it goes once more,
+            // on another connection (as squid and browsers do).
+            (Err(err), Some(again)) if closed_before_answering(&err) => {
+                tracing::debug!(
+                    target = %pending.record.target,
+                    "the connection closed before an answer ({}); sending the request again",
+                    crate::error::chain(&err)
+                );
+                let (parts, ()) = again.into_parts();
+                let request = Request::from_parts(
+                    parts,
+                    UpBody {
+                        inner: None,
+                        count: up.clone(),
+                    },
+                );
+                CHECKED.scope(addrs, client.request(request)).await
+            }
+            (first, _) => first,
+        }
+    };
     let sent = tokio::time::timeout(state.config.response_timeout, sent).await;
     let response = match sent {
         Ok(Ok(response)) => response,
@@ -361,9 +396,39 @@ fn classify(err: &hyper_util::client::legacy::Error, through_parent: bool) -> Un
     }
 }
 
-/// The request body on its way up, counted.
+/// Methods a proxy may send again after a connection closed without an
+/// answer (RFC 9110 §9.2.2: idempotent; bodiless requests only, see
+/// [`forward`]).
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+/// The exchange failed because the connection closed (or was reset) before
+/// any answer came, not because it could not be made.
+fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    crate::connect::resolve::causes(err)
+        .into_iter()
+        .any(|cause| {
+            if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+                return h.is_incomplete_message() || h.is_canceled();
+            }
+            cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                )
+            })
+        })
+}
+
+/// The request body on its way up, counted (`None`: a bodiless request sent
+/// again).
 pub(crate) struct UpBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     count: Arc<AtomicU64>,
 }
 
@@ -375,7 +440,10 @@ impl Body for UpBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        let poll = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
                 self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -385,11 +453,13 @@ impl Body for UpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -431,6 +501,23 @@ impl DownBody {
         if let Some(mut finish) = self.finish.take() {
             finish.pending.record.bytes_down = self.count;
             finish.problem = problem;
+        }
+    }
+}
+
+impl Drop for DownBody {
+    /// Dropped before its end (hyper stops at the end on its own only when
+    /// the origin's body is complete): the client left mid-response, which
+    /// the log says rather than `checked` alone.
+    fn drop(&mut self) {
+        if self.finish.is_some() && !self.inner.is_end_stream() {
+            self.end(Some((
+                "client_gone",
+                format!(
+                    "checked; the client left after {} bytes of the response",
+                    self.count
+                ),
+            )));
         }
     }
 }

@@ -28,6 +28,7 @@ pub(crate) struct Metrics {
     pub(crate) dns_seconds: Histogram,
     pub(crate) connect_seconds: Histogram,
     pub(crate) reloads: Counter,
+    pub(crate) log_lines_dropped: Counter,
 }
 
 impl Metrics {
@@ -40,6 +41,7 @@ impl Metrics {
         let dns_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let connect_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let reloads = Counter::default();
+        let log_lines_dropped = Counter::default();
         registry.register(
             "requests",
             "Requests (CONNECT and forwarded) by decision and reason",
@@ -66,6 +68,11 @@ impl Metrics {
             connect_seconds.clone(),
         );
         registry.register("reloads", "Policy reloads (SIGHUP)", reloads.clone());
+        registry.register(
+            "log_lines_dropped",
+            "Request log lines dropped because the log's output was too slow",
+            log_lines_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -74,6 +81,7 @@ impl Metrics {
             dns_seconds,
             connect_seconds,
             reloads,
+            log_lines_dropped,
         }
     }
 

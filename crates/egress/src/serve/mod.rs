@@ -329,6 +329,14 @@ impl ServeHandle {
         let _ = self.shutdown.send(true);
     }
 
+    /// Counts request log lines that the caller's log
+    /// ([`ServeConfig::on_request`]) could not keep, for
+    /// `egress_serve_log_lines_dropped_total`: a log that drops lines when its
+    /// output is too slow says so here, and the loss shows in the metrics.
+    pub fn log_lines_dropped(&self, lines: u64) {
+        self.state.metrics.log_lines_dropped.inc_by(lines);
+    }
+
     /// Connections and tunnels still open.
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.count()
@@ -642,5 +650,33 @@ mod tests {
         assert!(Listen::parse("localhost:3128")
             .unwrap_err()
             .contains("ADDR:PORT"));
+    }
+
+    #[tokio::test]
+    async fn log_lines_the_caller_dropped_are_counted_in_the_metrics() {
+        let config = ServeConfig {
+            listen: vec![Listen::new(
+                "127.0.0.1:0".parse().unwrap(),
+                BlocklistKind::General,
+            )],
+            ..ServeConfig::default()
+        };
+        let settings = crate::ProxySettings::none();
+        let server = Server::bind(config, ServePolicy::new(settings))
+            .await
+            .unwrap();
+        let metrics = || server.state.metrics.render();
+        assert!(
+            metrics().contains("egress_serve_log_lines_dropped_total 0\n"),
+            "{}",
+            metrics()
+        );
+        server.handle().log_lines_dropped(3);
+        server.handle().log_lines_dropped(2);
+        assert!(
+            metrics().contains("egress_serve_log_lines_dropped_total 5\n"),
+            "{}",
+            metrics()
+        );
     }
 }

@@ -960,14 +960,14 @@ async fn federation(sh: Arc<Shared>, i: usize) {
     let (host, route) = destination(i);
     let port = sh.cfg.fed_ports[i % sh.cfg.fed_ports.len()];
     let target = format!("{host}:{port}");
-    let busy = i % BUSY_EVERY == 0;
+    let busy = i.is_multiple_of(BUSY_EVERY);
     // Start spread over the first seconds.
     if !pause(&mut stop, rng.millis(0, 3000)).await {
         return;
     }
     while !sh.stopped() {
         let opened_at = Instant::now();
-        let o = connect(&sh.cfg, &target, i % 2 == 0).await;
+        let o = connect(&sh.cfg, &target, i.is_multiple_of(2)).await;
         let ok = sh
             .faults
             .allowed_target(route, false, opened_at, Instant::now());
@@ -1334,7 +1334,7 @@ async fn preview(sh: Arc<Shared>, w: usize) {
     };
     while pause(&mut stop, rng.millis(20, 80)).await {
         let i = rng.below(400);
-        let route = if i % 3 == 0 {
+        let route = if i.is_multiple_of(3) {
             Route::Parent
         } else {
             Route::Direct

@@ -64,18 +64,9 @@ const GUARD: Duration = Duration::from_secs(10);
 /// RSS and file descriptors after the load, over the baseline, at most.
 const GROWTH: f64 = 1.10;
 
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
 pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, Ordering::SeqCst);
-        default_hook(info);
-    }));
-    let config = std::fs::read_to_string(opt(opts, "config"))
-        .unwrap_or_else(|e| usage(&format!("cannot read --config: {e}")));
-    let config: Value =
-        serde_json::from_str(&config).unwrap_or_else(|e| usage(&format!("--config: {e}")));
+    crate::count_panics();
+    let config = crate::read_config(opts);
     let run = Run {
         minutes: opt_num(opts, "minutes", 1.0),
         warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 60.0)),
@@ -537,7 +528,7 @@ async fn soak(config: Value, run: Run) -> i32 {
             ),
         );
     }
-    let panics = PANICS.load(Ordering::SeqCst);
+    let panics = crate::panics();
     if panics > 0 {
         shared.fail(
             "panics",

@@ -55,6 +55,29 @@ fn main() {
     std::process::exit(code);
 }
 
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic (then reports it as usual): a load fails on any.
+pub(crate) fn count_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default_hook(info);
+    }));
+}
+
+/// The panics counted since `count_panics`.
+pub(crate) fn panics() -> usize {
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The JSON file `--config` names (soak/run writes it).
+pub(crate) fn read_config(opts: &HashMap<String, String>) -> serde_json::Value {
+    let config = std::fs::read_to_string(opt(opts, "config"))
+        .unwrap_or_else(|e| usage(&format!("cannot read --config: {e}")));
+    serde_json::from_str(&config).unwrap_or_else(|e| usage(&format!("--config: {e}")))
+}
+
 pub(crate) fn usage(problem: &str) -> ! {
     eprintln!(
         "egress-soak: {problem}\nusage: egress-soak certs|fake-origin|load|serve-load ... (see soak/src/main.rs)"

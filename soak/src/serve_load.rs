@@ -76,7 +76,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -127,18 +127,9 @@ const POST_LEN: usize = 4096;
 const SMALL_LEN: usize = crate::fake::SMALL_LEN;
 const BIG_LEN: usize = crate::fake::BIG_LEN;
 
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
 pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, Ordering::SeqCst);
-        default_hook(info);
-    }));
-    let config = std::fs::read_to_string(opt(opts, "config"))
-        .unwrap_or_else(|e| usage(&format!("cannot read --config: {e}")));
-    let config: Value =
-        serde_json::from_str(&config).unwrap_or_else(|e| usage(&format!("--config: {e}")));
+    crate::count_panics();
+    let config = crate::read_config(opts);
     let run = Run {
         minutes: opt_num(opts, "minutes", 1.0),
         warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 60.0)),
@@ -1114,27 +1105,8 @@ async fn short(sh: Arc<Shared>, w: usize) {
                 continue;
             }
         };
-        let mut buf = Vec::new();
-        let sent = Instant::now();
-        let result = exchange(
-            &mut tunnel,
-            &mut buf,
-            &op.request(&host, true),
-            INNER_LIMIT,
-            false,
-        )
-        .await;
         let good =
-            matches!(&result, Ok((h, BodyEnd::Complete(n))) if h.status == 200 && *n == op.len());
-        let tolerated = op.is_fault()
-            || route == Route::Parent && sh.faults.overlaps(Fault::Squid, sent, Instant::now());
-        sh.inner(good || op == Op::Reset, tolerated, || {
-            format!(
-                "{target} {}: {:?}",
-                op.path(),
-                result.as_ref().map(|(h, b)| (h.status, *b))
-            )
-        });
+            short_exchange(&sh, &mut tunnel, op, &host, route, &target, op == Op::Reset).await;
         // nginx closes after `Connection: close`: read to the end and close
         // without a close_notify of our own (nothing more goes up).
         if good && !op.is_fault() && drain_to_end(&mut tunnel).await {
@@ -1142,6 +1114,36 @@ async fn short(sh: Arc<Shared>, w: usize) {
             sh.set_bytes(index, counted.up, counted.down);
         }
     }
+}
+
+/// One `Connection: close` request inside a short tunnel, counted as an
+/// inner request: true when it came back complete (200, the whole body). A
+/// failure counts as failed unless `may_fail`; it is tolerated for the
+/// fake's faults and, through the parent, while squid is down.
+async fn short_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    s: &mut S,
+    op: Op,
+    host: &str,
+    route: Route,
+    target: &str,
+    may_fail: bool,
+) -> bool {
+    let mut buf = Vec::new();
+    let sent = Instant::now();
+    let result = exchange(s, &mut buf, &op.request(host, true), INNER_LIMIT, false).await;
+    let good =
+        matches!(&result, Ok((h, BodyEnd::Complete(n))) if h.status == 200 && *n == op.len());
+    let tolerated = op.is_fault()
+        || route == Route::Parent && sh.faults.overlaps(Fault::Squid, sent, Instant::now());
+    sh.inner(good || may_fail, tolerated, || {
+        format!(
+            "{target} {}: {:?}",
+            op.path(),
+            result.as_ref().map(|(h, b)| (h.status, *b))
+        )
+    });
+    good
 }
 
 /// Short tunnels with plain HTTP inside: nginx's http:// ports, and the
@@ -1184,27 +1186,7 @@ async fn plain(sh: Arc<Shared>, w: usize) {
             o.took,
         );
         let Some(mut tcp) = o.tcp else { continue };
-        let mut buf = Vec::new();
-        let sent = Instant::now();
-        let result = exchange(
-            &mut tcp,
-            &mut buf,
-            &op.request(&host, true),
-            INNER_LIMIT,
-            false,
-        )
-        .await;
-        let good =
-            matches!(&result, Ok((h, BodyEnd::Complete(n))) if h.status == 200 && *n == op.len());
-        let tolerated = op.is_fault()
-            || route == Route::Parent && sh.faults.overlaps(Fault::Squid, sent, Instant::now());
-        sh.inner(good || op.is_fault(), tolerated, || {
-            format!(
-                "{target} {}: {:?}",
-                op.path(),
-                result.as_ref().map(|(h, b)| (h.status, *b))
-            )
-        });
+        let good = short_exchange(&sh, &mut tcp, op, &host, route, &target, op.is_fault()).await;
         if good && drain_to_end(&mut tcp).await {
             sh.set_bytes(index, tcp.up, tcp.down);
         }
@@ -2237,7 +2219,7 @@ async fn soak(config: Value, run: Run) -> i32 {
     if let Err(e) = &final_metrics {
         sh.fail("/metrics did not answer after the load", e.clone());
     }
-    let panics = PANICS.load(Ordering::SeqCst);
+    let panics = crate::panics();
     if panics > 0 {
         sh.fail(
             "panics",

@@ -983,31 +983,54 @@ struct Sample {
     regions: Option<Regions>,
 }
 
-/// Every anonymous mapping with resident pages: `start size_kib rss_kib
-/// perms`, to tell thread stacks from glibc's arenas when the RSS moves.
-fn anon_mappings() -> Vec<String> {
+/// One mapping of /proc/self/smaps with its resident KiB.
+struct Mapping {
+    start: String,
+    size_kib: u64,
+    perms: String,
+    inode: u64,
+    /// Empty for anonymous mappings.
+    path: String,
+    rss_kib: u64,
+}
+
+/// The process's mappings, from /proc/self/smaps (empty if unreadable).
+fn mappings() -> Vec<Mapping> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let mut out = Vec::new();
-    let mut current: Option<(String, u64, String)> = None;
+    let mut out: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
+        // A header: `start-end perms offset dev inode [path]`.
         if let Some((start, end)) = fields.first().and_then(|f| f.split_once('-')) {
             if let (Ok(a), Ok(b)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) {
-                current = (fields.len() == 5)
-                    .then(|| (start.to_owned(), (b - a) / 1024, fields[1].to_owned()));
+                out.push(Mapping {
+                    start: start.to_owned(),
+                    size_kib: (b - a) / 1024,
+                    perms: fields.get(1).unwrap_or(&"").to_string(),
+                    inode: fields.get(4).and_then(|v| v.parse().ok()).unwrap_or(0),
+                    path: fields.get(5).unwrap_or(&"").to_string(),
+                    rss_kib: 0,
+                });
                 continue;
             }
         }
         if fields.first() == Some(&"Rss:") {
-            if let Some((start, size, perms)) = current.take() {
-                let rss: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-                if rss > 0 {
-                    out.push(format!("{start} {size} {rss} {perms}"));
-                }
+            if let Some(m) = out.last_mut() {
+                m.rss_kib = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
             }
         }
     }
     out
+}
+
+/// Every anonymous mapping with resident pages: `start size_kib rss_kib
+/// perms`, to tell thread stacks from glibc's arenas when the RSS moves.
+fn anon_mappings() -> Vec<String> {
+    mappings()
+        .iter()
+        .filter(|m| m.path.is_empty() && m.rss_kib > 0)
+        .map(|m| format!("{} {} {} {}", m.start, m.size_kib, m.rss_kib, m.perms))
+        .collect()
 }
 
 /// The RSS by kind of mapping, from /proc/self/smaps, in KiB.
@@ -1028,40 +1051,19 @@ struct Regions {
 
 impl Regions {
     fn read() -> Option<Regions> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let exe = std::env::current_exe().ok()?;
-        let exe = exe.to_str()?;
+        use std::os::unix::fs::MetadataExt;
+        // The program's file by inode: its path reads "(deleted)" once it is rebuilt.
+        let exe = std::fs::metadata("/proc/self/exe").ok()?.ino();
         let mut r = Regions::default();
-        // The kind of the mapping whose lines follow.
-        let mut current = 0u8;
-        for line in smaps.lines() {
-            let mut fields = line.split_whitespace();
-            let first = fields.next().unwrap_or_default();
-            if let Some((start, end)) = first.split_once('-') {
-                let hex = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
-                if hex(start) && hex(end) {
-                    let path = fields.nth(4).unwrap_or("");
-                    let kind = match path {
-                        "" => 3,
-                        "[heap]" => 2,
-                        p if p == exe => 0,
-                        p if p.starts_with('[') => 5,
-                        _ => 1,
-                    };
-                    current = kind;
-                    continue;
-                }
-            }
-            if first == "Rss:" {
-                let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                match current {
-                    0 => r.exe += kib,
-                    1 => r.files += kib,
-                    2 => r.brk_heap += kib,
-                    3 => r.anon += kib,
-                    _ => r.other += kib,
-                }
-            }
+        for m in mappings() {
+            let slot = match m.path.as_str() {
+                "" => &mut r.anon,
+                "[heap]" => &mut r.brk_heap,
+                p if p.starts_with('[') => &mut r.other,
+                _ if m.inode == exe => &mut r.exe,
+                _ => &mut r.files,
+            };
+            *slot += m.rss_kib;
         }
         Some(r)
     }

@@ -346,6 +346,8 @@ def run_load(servers, a, scratch, out_jsonl, load_log):
         json.dump(servers.config(), f)
     cmd = [servers.bin, "serve-load", "--config", cfg, "--out", out_jsonl, "--minutes", str(a.minutes),
            "--warmup", str(a.warmup), "--allow-log-drops", "1" if a.allow_log_drops else "0"]
+    if a.max_slope is not None:
+        cmd += ["--max-slope", str(a.max_slope)]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, bufsize=1, start_new_session=True)
     servers.procs_load = p
@@ -484,6 +486,9 @@ def main(argv):
     ap.add_argument("--allow-log-drops", action="store_true",
                     help="do not fail on request log lines serve dropped (egress_serve_log_lines_dropped_total); "
                          "they are still counted and reported")
+    ap.add_argument("--max-slope", type=float, metavar="M",
+                    help="fail if serve's RSS grows more than M MiB per hour under load: the least-squares "
+                         "slope of each minute's median RSS over the last 90 minutes (the 2-hour run uses 0.1)")
     a = ap.parse_args(argv)
     started = time.monotonic()
     install_missing()

@@ -558,7 +558,7 @@ async fn soak(config: Value, run: Run) -> i32 {
         ("heap_kib", "live heap"),
         ("beyond_heap_kib", "trimmed RSS beyond the live heap"),
     ] {
-        if let Some((b, se)) = slope(&window, key) {
+        if let Some((b, se)) = crate::slope(&window, key) {
             slopes.insert(key.to_owned(), json!({"mib_per_hour": b, "stderr": se}));
             slope_lines.push(format!(
                 "growth under load over the last {} minutes, {what}: {b:+.3} MiB/h (standard error {se:.3})",
@@ -1250,31 +1250,3 @@ fn read_rows(path: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A least-squares slope of `key` (KiB) over the rows' minutes, in MiB per
-/// hour, with its standard error; `None` with fewer than three rows.
-fn slope(rows: &[Value], key: &str) -> Option<(f64, f64)> {
-    let points: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r["elapsed_s"].as_f64()? / 3600.0, r[key].as_f64()? / 1024.0)))
-        .collect();
-    let n = points.len() as f64;
-    if points.len() < 3 {
-        return None;
-    }
-    let (mx, my) = (
-        points.iter().map(|p| p.0).sum::<f64>() / n,
-        points.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    if sxx == 0.0 {
-        return None;
-    }
-    let b = sxy / sxx;
-    let residuals: f64 = points
-        .iter()
-        .map(|p| (p.1 - (my + b * (p.0 - mx))).powi(2))
-        .sum();
-    let se = (residuals / (n - 2.0) / sxx).sqrt();
-    Some((b, se))
-}

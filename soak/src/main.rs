@@ -159,3 +159,32 @@ fn certs(dir: &Path) {
         &format!("{}{}", cert.pem(), key.serialize_pem()),
     );
 }
+
+/// A least-squares slope of `key` (KiB) over the rows' minutes, in MiB per
+/// hour, with its standard error; `None` with fewer than three rows.
+pub(crate) fn slope(rows: &[serde_json::Value], key: &str) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r["elapsed_s"].as_f64()? / 3600.0, r[key].as_f64()? / 1024.0)))
+        .collect();
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return None;
+    }
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let b = sxy / sxx;
+    let residuals: f64 = points
+        .iter()
+        .map(|p| (p.1 - (my + b * (p.0 - mx))).powi(2))
+        .sum();
+    let se = (residuals / (n - 2.0) / sxx).sqrt();
+    Some((b, se))
+}

@@ -62,7 +62,10 @@
 //! with the log (requests by decision, bytes); a log line was dropped (unless
 //! `--allow-log-drops 1`); a reload check failed; `egress_serve_active_tunnels`
 //! is not back to 0 once the clients have stopped; serve's descriptors or RSS
-//! after the load are over the baseline + 10 %; anything in the load panics.
+//! after the load are over the baseline + 10 %; with `--max-slope M`, serve's
+//! RSS grows more than M MiB per hour under load (the least-squares slope of
+//! each minute's median RSS over the run's last 90 minutes); anything in the
+//! load panics.
 //!
 //! The baseline is taken after a warm-up of one whole schedule minute (every
 //! fault, both reloads) once the clients have stopped, the tunnels are closed
@@ -135,6 +138,10 @@ pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
         warmup: Duration::from_secs_f64(opt_num(opts, "warmup", 60.0)),
         out: opt(opts, "out").to_owned(),
         allow_log_drops: opt_num(opts, "allow-log-drops", 0u8) != 0,
+        max_slope: opts.get("max-slope").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| crate::usage(&format!("--max-slope: not a number: {v}")))
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -151,6 +158,8 @@ struct Run {
     warmup: Duration,
     out: String,
     allow_log_drops: bool,
+    /// MiB per hour serve's RSS may grow under load (`--max-slope`).
+    max_slope: Option<f64>,
 }
 
 /// Where everything is (from soak/run).
@@ -348,6 +357,8 @@ struct Minute {
     dns_restarts: u32,
     reloads: u32,
     rss_max_kib: u64,
+    /// serve's RSS, once a second.
+    rss_samples: Vec<u64>,
     fds_max: usize,
     tunnels_max: i64,
 }
@@ -1918,6 +1929,7 @@ async fn sampler(sh: Arc<Shared>) {
         {
             let mut m = sh.minute.lock().unwrap();
             m.rss_max_kib = m.rss_max_kib.max(rss);
+            m.rss_samples.push(rss);
             m.fds_max = m.fds_max.max(fds);
             m.tunnels_max = m.tunnels_max.max(tunnels);
         }
@@ -2211,6 +2223,7 @@ async fn soak(config: Value, run: Run) -> i32 {
             format!("{after_rss} KiB after the load, baseline {base_rss} KiB, limit {rss_limit} KiB (high-water {base_hwm} → {after_hwm} KiB)"),
         );
     }
+    let (slopes, slope_lines) = growth(&sh, &run, &rows, (base_rss, after_rss));
     sampler_task.abort();
     // The log's last batch (written every 200 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -2239,6 +2252,7 @@ async fn soak(config: Value, run: Run) -> i32 {
         "tunnels_closed_ms": tunnels.as_ref().ok().map(|d| d.as_millis() as u64),
         "accounting": accounting.json(),
         "main_requests": requests_total, "warmup_requests": warm_requests,
+        "slopes": slopes,
     }));
     let verdict = if reasons.is_empty() { "pass" } else { "fail" };
     write(json!({"verdict": verdict, "reasons": reasons}));
@@ -2258,6 +2272,9 @@ async fn soak(config: Value, run: Run) -> i32 {
         mib(rss_limit),
     );
     eprintln!("accounting: {}", accounting.line());
+    for line in &slope_lines {
+        eprintln!("{line}");
+    }
     if reasons.is_empty() {
         eprintln!("\nsoak: PASS");
         0
@@ -2493,7 +2510,9 @@ struct Row {
     inner: (u64, u64),
     slowest: Option<(Duration, String)>,
     faults: (u32, u32, u32),
-    rss: (u64, u64),
+    /// serve's RSS at the minute's end, the most and the median of the
+    /// per-second samples.
+    rss: (u64, u64, u64),
     fds: (usize, usize),
     tunnels: (i64, i64),
     dropped: u64,
@@ -2517,7 +2536,7 @@ impl Row {
             inner: (m.inner_requests, m.inner_failed),
             slowest: m.slowest.clone(),
             faults: (m.squid_kills, m.dns_restarts, m.reloads),
-            rss: (rss, m.rss_max_kib.max(rss)),
+            rss: (rss, m.rss_max_kib.max(rss), median(&m.rss_samples).unwrap_or(rss)),
             fds: (fds, m.fds_max.max(fds)),
             tunnels: (
                 metric(now, "egress_serve_active_tunnels") as i64,
@@ -2560,6 +2579,7 @@ impl Row {
             "allowed": d[0], "denied": d[1], "failed": d[2], "no_answer": d[3], "by_kind": kinds,
             "tunnel_requests": self.inner.0, "tunnel_requests_failed": self.inner.1,
             "serve_rss_kib": self.rss.0, "serve_rss_max_kib": self.rss.1,
+            "serve_rss_median_kib": self.rss.2,
             "serve_fds": self.fds.0, "serve_fds_max": self.fds.1,
             "active_tunnels": self.tunnels.0, "active_tunnels_max": self.tunnels.1,
             "dropped_log_lines": self.dropped, "log_lines": self.log_lines,
@@ -2580,15 +2600,73 @@ impl Row {
     }
 }
 
+/// serve's growth under load: least-squares slopes over the last 90
+/// minutes of the RSS at each minute's end and of each minute's median (the
+/// quieter one: a single sample lands on a burst or between them), and the
+/// rate between the idle points. Fails the run on the median's slope over
+/// `--max-slope`.
+fn growth(sh: &Shared, run: &Run, rows: &[Row], idle: (u64, u64)) -> (Value, Vec<String>) {
+    let window: Vec<Value> = rows
+        .iter()
+        .filter(|r| r.at.as_secs_f64() > (run.minutes - 90.0).max(0.0) * 60.0)
+        .map(Row::json)
+        .collect();
+    let mut slopes = serde_json::Map::new();
+    let mut lines = Vec::new();
+    for (key, what) in [
+        ("serve_rss_kib", "RSS at each minute's end"),
+        ("serve_rss_median_kib", "median RSS of each minute"),
+    ] {
+        if let Some((b, se)) = crate::slope(&window, key) {
+            slopes.insert(key.to_owned(), json!({"mib_per_hour": b, "stderr": se}));
+            lines.push(format!(
+                "serve's growth under load over the last {} minutes, {what}: {b:+.3} MiB/h (standard error {se:.3})",
+                window.len()
+            ));
+        }
+    }
+    let idle_rate = (idle.1 as f64 - idle.0 as f64) / 1024.0 / (run.minutes / 60.0);
+    slopes.insert("idle_rss_mib_per_hour".into(), json!(idle_rate));
+    lines.push(format!(
+        "serve's RSS at idle: {:.2} -> {:.2} MiB, {idle_rate:+.3} MiB/h (not trimmed: glibc keeps freed pages)",
+        idle.0 as f64 / 1024.0,
+        idle.1 as f64 / 1024.0
+    ));
+    if let Some(max) = run.max_slope {
+        match slopes
+            .get("serve_rss_median_kib")
+            .and_then(|v| v["mib_per_hour"].as_f64())
+        {
+            Some(b) if b > max => sh.fail(
+                "serve's memory grows under load",
+                format!("the median RSS grows {b:+.3} MiB/h (limit {max} MiB/h)"),
+            ),
+            None => sh.fail(
+                "serve's memory grows under load",
+                "too few minutes for a slope".into(),
+            ),
+            _ => {}
+        }
+    }
+    (Value::Object(slopes), lines)
+}
+
+/// The middle of the samples (the upper one of two middles).
+fn median(samples: &[u64]) -> Option<u64> {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    s.get(s.len() / 2).copied()
+}
+
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| min | requests | allowed/denied/failed | in tunnels | serve RSS MiB (max) | fds (max) | tunnels open (max) | log lines | dropped | slowest ms | squid kills / dns restarts / reloads |\n\
-         |----:|---------:|----------------------|-----------:|--------------------:|----------:|-------------------:|----------:|--------:|-----------:|------------------|\n",
+        "| min | requests | allowed/denied/failed | in tunnels | serve RSS MiB (median, max) | fds (max) | tunnels open (max) | log lines | dropped | slowest ms | squid kills / dns restarts / reloads |\n\
+         |----:|---------:|----------------------|-----------:|----------------------------:|----------:|-------------------:|----------:|--------:|-----------:|------------------|\n",
     );
     for r in rows {
         let d = r.decisions();
         t.push_str(&format!(
-            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}) | {} ({}) | {} ({}) | {} | {} | {} | {}/{}/{} |\n",
+            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}, {:.1}) | {} ({}) | {} ({}) | {} | {} | {} | {}/{}/{} |\n",
             r.minute,
             r.requests(),
             d[0],
@@ -2596,6 +2674,7 @@ fn table(rows: &[Row]) -> String {
             d[2],
             r.inner.0,
             r.rss.0 as f64 / 1024.0,
+            r.rss.2 as f64 / 1024.0,
             r.rss.1 as f64 / 1024.0,
             r.fds.0,
             r.fds.1,

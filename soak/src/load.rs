@@ -1249,4 +1249,3 @@ fn read_rows(path: &str) -> Vec<Value> {
         .filter(|v| v.get("minute").is_some())
         .collect()
 }
-

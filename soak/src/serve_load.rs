@@ -2536,7 +2536,11 @@ impl Row {
             inner: (m.inner_requests, m.inner_failed),
             slowest: m.slowest.clone(),
             faults: (m.squid_kills, m.dns_restarts, m.reloads),
-            rss: (rss, m.rss_max_kib.max(rss), median(&m.rss_samples).unwrap_or(rss)),
+            rss: (
+                rss,
+                m.rss_max_kib.max(rss),
+                median(&m.rss_samples).unwrap_or(rss),
+            ),
             fds: (fds, m.fds_max.max(fds)),
             tunnels: (
                 metric(now, "egress_serve_active_tunnels") as i64,

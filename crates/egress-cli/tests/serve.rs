@@ -1878,6 +1878,60 @@ fn limits_timeouts_and_sizes() {
     assert!(serve.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// A client that sends its first bytes with the CONNECT (in one write,
+/// before the 200) has them counted up, whether the far end is a plain
+/// socket (direct) or TLS to an https:// parent (stunnel in front of squid).
+#[test]
+fn bytes_sent_with_the_connect_count_up_direct_and_through_an_https_parent() {
+    let w = world();
+    let echo = Echo::start("127.0.0.1");
+    let direct = Serve::start("early-direct", &allow(&["127.0.0.1/32"]), &[]);
+    let parent = format!("https://127.0.0.1:{}", w.tls_squid_open.port);
+    let chained = Serve::start_env(
+        "early-parent",
+        &allow(&["127.0.0.1/32"]),
+        &["--upstream", &parent],
+        &[("SSL_CERT_FILE", w.ca.pem_path.to_str().unwrap())],
+    );
+    let body = "pipelined";
+    let request = format!(
+        "POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for (serve, upstream) in [(&direct, None), (&chained, Some(parent.as_str()))] {
+        let mut tcp = connect(serve.port);
+        tcp.write_all(
+            format!(
+                "CONNECT 127.0.0.1:{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n{request}",
+                echo.port, echo.port
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let head = read_head(&mut tcp);
+        assert!(head.starts_with("HTTP/1.1 200"), "{upstream:?}: {head}");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with(body),
+            "{upstream:?}: {answer}"
+        );
+        drop(tcp);
+        let record = serve.record(|r| r["target"] == format!("127.0.0.1:{}", echo.port));
+        assert_eq!(record["upstream"].as_str(), upstream, "{record}");
+        assert_eq!(
+            record["bytes_up"].as_u64().unwrap(),
+            request.len() as u64,
+            "{upstream:?}: {record}"
+        );
+        assert_eq!(
+            record["bytes_down"].as_u64().unwrap(),
+            answer.len() as u64,
+            "{upstream:?}: {record}"
+        );
+    }
+}
+
 #[test]
 fn faults_in_a_tunnel_end_it_cleanly() {
     let echo = Echo::start("127.0.0.1");

@@ -584,36 +584,32 @@ async fn connect(
         };
         state.metrics.active_tunnels.inc();
         let moved = Arc::new(Moved::default());
-        let end = match (upgraded.downcast::<TokioIo<TcpStream>>(), stream) {
-            (Ok(parts), Stream::Tcp(mut target)) => {
+        let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // What the client sent after its CONNECT head, read with it:
+                // the tunnel's first bytes up, whatever the far end is.
                 let early = parts.read_buf;
                 let client = parts.io.into_inner();
-                if !early.is_empty() {
+                let mut target = stream;
+                let written = target.write_all(&early).await;
+                if written.is_ok() {
                     moved
                         .up
                         .fetch_add(early.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                let written = target.write_all(&early).await;
                 // Not kept for the tunnel's life: an empty slice may still
                 // hold hyper's whole read buffer.
                 drop(early);
-                match written {
-                    Ok(()) => splice::tcp(client, target, idle, &moved).await,
-                    Err(e) => splice::End::Error(e.kind()),
+                match (written, target) {
+                    (Ok(()), Stream::Tcp(target)) => {
+                        splice::tcp(client, target, idle, &moved).await
+                    }
+                    (Ok(()), target) => splice::streams(client, target, idle, moved.clone()).await,
+                    (Err(e), _) => splice::End::Error(e.kind()),
                 }
             }
-            (Ok(parts), mut target) => {
-                let early = parts.read_buf;
-                let client = parts.io.into_inner();
-                let written = target.write_all(&early).await;
-                drop(early);
-                match written {
-                    Ok(()) => splice::streams(client, target, idle, moved.clone()).await,
-                    Err(e) => splice::End::Error(e.kind()),
-                }
-            }
-            (Err(upgraded), target) => {
-                splice::streams(TokioIo::new(upgraded), target, idle, moved.clone()).await
+            Err(upgraded) => {
+                splice::streams(TokioIo::new(upgraded), stream, idle, moved.clone()).await
             }
         };
         state.metrics.active_tunnels.dec();

@@ -82,9 +82,10 @@ def yaml_policy(servers, allow_flip):
 class ServeServers(run.Servers):
     """The client soak's Servers (spawn, stop, squid), with the serve soak's parts."""
 
-    def __init__(self, scratch, binary, serve_bin):
+    def __init__(self, scratch, binary, serve_bin, memory_trim_s):
         super().__init__(scratch, binary)
         self.serve_bin = serve_bin
+        self.memory_trim_s = memory_trim_s
         self.origins = []  # squid needs no names: serve asks it for addresses
         self.dns_restarts = 0
 
@@ -247,7 +248,8 @@ address=/evil.parent.soak.test/10.0.0.7
         cmd = [self.serve_bin, "serve", "--config", os.path.join(d, "homeserver.yaml"),
                "--listen", f"127.0.0.1:{self.serve_port}", "--metrics", f"127.0.0.1:{self.metrics_port}",
                "--dns-server", f"127.0.0.1:{self.dns_port}", "--deny-domain", "*.denied.soak.test",
-               "--connect-timeout", "2s", "--response-timeout", "5s"]
+               "--connect-timeout", "2s", "--response-timeout", "5s",
+               "--memory-trim-interval", f"{self.memory_trim_s:g}s"]
         # serve's own environment has no proxy variables (they are the
         # homeserver's); the parent comes from homeserver.yaml.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -303,6 +305,7 @@ address=/evil.parent.soak.test/10.0.0.7
             "proxy": f"127.0.0.1:{self.serve_port}",
             "metrics": f"127.0.0.1:{self.metrics_port}",
             "serve_pid": self.procs["serve"].pid,
+            "memory_trim_s": self.memory_trim_s,
             "serve_log": self.serve_log,
             "ca": self.ca,
             "fed_ports": self.fed_ports,
@@ -489,7 +492,12 @@ def main(argv):
     ap.add_argument("--max-slope", type=float, metavar="M",
                     help="fail if serve's RSS grows more than M MiB per hour under load: the least-squares "
                          "slope of each minute's median RSS over the last 90 minutes (the 2-hour run uses 0.1)")
+    ap.add_argument("--memory-trim-interval", type=float, default=60.0, metavar="SECONDS",
+                    help="serve's --memory-trim-interval (default 60, serve's own); each idle point waits for "
+                         "the next trim, so a short run is quicker with less. 0: serve never trims")
     a = ap.parse_args(argv)
+    if a.memory_trim_interval < 0:
+        ap.error(f"--memory-trim-interval {a.memory_trim_interval:g}: must be 0 or more seconds")
     started = time.monotonic()
     install_missing()
     binary = run.build(a.debug)
@@ -498,7 +506,7 @@ def main(argv):
         raise Fatal(f"egress binary not found at {serve_bin}")
     scratch = tempfile.mkdtemp(prefix="egress-serve-soak-")
     os.chmod(scratch, 0o755)  # squid and its helpers run as the proxy user
-    servers = ServeServers(scratch, binary, serve_bin)
+    servers = ServeServers(scratch, binary, serve_bin, a.memory_trim_interval)
     if a.out:
         os.makedirs(a.out, exist_ok=True)
     out_jsonl = os.path.join(a.out if a.out else scratch, "serve-minutes.jsonl")

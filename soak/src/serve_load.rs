@@ -71,9 +71,11 @@
 //! fault, both reloads) once the clients have stopped, the tunnels are closed
 //! and the origins have closed serve's idle keep-alive connections; the same
 //! wait comes after the load. serve is another process, so its RSS is read as
-//! it is (VmRSS in /proc/PID/status), not after a malloc_trim: both figures
-//! are taken at idle after the same schedule, so glibc's kept free pages
-//! are about the same at both points and a leak still adds to the second.
+//! it is (VmRSS in /proc/PID/status); serve hands its free pages back with
+//! `malloc_trim` every `--memory-trim-interval` (the soak passes it on, 60 s
+//! by default), and each idle point waits for the next trim
+//! (`egress_serve_memory_trims_total` going up), so both figures are what
+//! serve holds. With the interval 0, glibc's kept free pages are in both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, Write as _};
@@ -167,6 +169,8 @@ struct Cfg {
     proxy: SocketAddr,
     metrics: SocketAddr,
     pid: u32,
+    /// serve's `--memory-trim-interval` (none: it never trims).
+    memory_trim: Option<Duration>,
     log: String,
     fed_ports: Vec<u16>,
     preview_ports: Vec<u16>,
@@ -2034,14 +2038,47 @@ async fn settle(sh: &Shared, fds_limit: Option<usize>) -> (Result<Duration, Stri
     tokio::time::sleep(Duration::from_secs(8)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = usize::MAX;
-    loop {
+    let fds = loop {
         let (_, _, fds) = serve_status(sh.cfg.pid);
         let within = fds_limit.is_none_or(|limit| fds <= limit);
         if (fds == last && within) || Instant::now() > deadline {
-            return (tunnels, fds);
+            break fds;
         }
         last = fds;
         tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    if let Some(every) = sh.cfg.memory_trim {
+        if let Err(e) = next_trim(sh, every).await {
+            sh.fail("serve did not trim its memory at idle", e);
+        }
+    }
+    (tunnels, fds)
+}
+
+/// Waits for serve's next `malloc_trim` (egress_serve_memory_trims_total
+/// going up), so an idle RSS is what serve holds, not glibc's kept free
+/// pages. At most the interval and 10 s.
+async fn next_trim(sh: &Shared, every: Duration) -> Result<(), String> {
+    let trims = || async {
+        metrics(sh.cfg.metrics)
+            .await
+            .map(|m| metric(&m, "egress_serve_memory_trims_total"))
+    };
+    let before = trims().await?;
+    let deadline = Instant::now() + every + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = trims().await?;
+        if now > before {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "egress_serve_memory_trims_total still {now} {:.0} s later (--memory-trim-interval {:.0} s)",
+                (every + Duration::from_secs(10)).as_secs_f64(),
+                every.as_secs_f64()
+            ));
+        }
     }
 }
 
@@ -2078,6 +2115,10 @@ async fn soak(config: Value, run: Run) -> i32 {
         proxy: s("proxy").parse().expect("proxy"),
         metrics: s("metrics").parse().expect("metrics"),
         pid: config["serve_pid"].as_u64().expect("serve_pid") as u32,
+        memory_trim: config["memory_trim_s"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64),
         log: s("serve_log"),
         fed_ports: ports("fed_ports"),
         preview_ports: ports("preview_ports"),
@@ -2632,9 +2673,14 @@ fn growth(sh: &Shared, run: &Run, rows: &[Row], idle: (u64, u64)) -> (Value, Vec
     let idle_rate = (idle.1 as f64 - idle.0 as f64) / 1024.0 / (run.minutes / 60.0);
     slopes.insert("idle_rss_mib_per_hour".into(), json!(idle_rate));
     lines.push(format!(
-        "serve's RSS at idle: {:.2} -> {:.2} MiB, {idle_rate:+.3} MiB/h (not trimmed: glibc keeps freed pages)",
+        "serve's RSS at idle: {:.2} -> {:.2} MiB, {idle_rate:+.3} MiB/h ({})",
         idle.0 as f64 / 1024.0,
-        idle.1 as f64 / 1024.0
+        idle.1 as f64 / 1024.0,
+        if sh.cfg.memory_trim.is_some() {
+            "after serve's next trim"
+        } else {
+            "serve does not trim: glibc's kept free pages included"
+        }
     ));
     if let Some(max) = run.max_slope {
         match slopes

@@ -29,6 +29,7 @@ pub(crate) struct Metrics {
     pub(crate) connect_seconds: Histogram,
     pub(crate) reloads: Counter,
     pub(crate) log_lines_dropped: Counter,
+    pub(crate) memory_trims: Counter,
 }
 
 impl Metrics {
@@ -42,6 +43,7 @@ impl Metrics {
         let connect_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let reloads = Counter::default();
         let log_lines_dropped = Counter::default();
+        let memory_trims = Counter::default();
         registry.register(
             "requests",
             "Requests (CONNECT and forwarded) by decision and reason",
@@ -73,6 +75,11 @@ impl Metrics {
             "Request log lines dropped because the log's output was too slow",
             log_lines_dropped.clone(),
         );
+        registry.register(
+            "memory_trims",
+            "Times freed memory was handed back to the kernel (malloc_trim, glibc only)",
+            memory_trims.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -82,6 +89,7 @@ impl Metrics {
             connect_seconds,
             reloads,
             log_lines_dropped,
+            memory_trims,
         }
     }
 

@@ -36,6 +36,7 @@ mod forward;
 mod handler;
 mod limits;
 mod log;
+mod memory;
 mod metrics;
 mod policy;
 mod splice;
@@ -60,6 +61,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 pub use self::auth::Htpasswd;
 pub use self::dns::{SYSTEM_CACHE_ENTRIES, SYSTEM_CACHE_TTL};
 pub use self::log::{Decision, RequestLog};
+pub use self::memory::MemoryTrim;
 pub use self::policy::{policy_name, ServePolicy};
 
 use self::dns::Dns;
@@ -141,6 +143,9 @@ pub struct ServeConfig {
     pub max_response_bytes: Option<u64>,
     /// After [`ServeHandle::shutdown`], how long in-flight work may finish (30 s).
     pub drain_timeout: Duration,
+    /// Handing freed memory back to the kernel at an interval (none; the
+    /// `egress` CLI passes glibc's `malloc_trim` every 60 s).
+    pub memory_trim: Option<MemoryTrim>,
     /// Called with each request's record.
     pub on_request: Option<OnRequest>,
 }
@@ -160,6 +165,7 @@ impl fmt::Debug for ServeConfig {
             .field("response_timeout", &self.response_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("drain_timeout", &self.drain_timeout)
+            .field("memory_trim", &self.memory_trim)
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +191,7 @@ impl Default for ServeConfig {
             response_timeout: Duration::from_secs(60),
             max_response_bytes: None,
             drain_timeout: Duration::from_secs(30),
+            memory_trim: None,
             on_request: None,
         }
     }
@@ -498,6 +505,11 @@ impl Server {
         }
         let metrics_task =
             metrics.map(|listener| tokio::spawn(metrics_loop(state.clone(), listener)));
+        let trim_task = state
+            .config
+            .memory_trim
+            .filter(|memory| !memory.every.is_zero())
+            .map(|memory| tokio::spawn(memory::trim_loop(state.clone(), memory)));
         let mut stop = shutdown.subscribe();
         while !*stop.borrow_and_update() {
             if stop.changed().await.is_err() {
@@ -523,6 +535,9 @@ impl Server {
         };
         let _ = tokio::time::timeout(state.config.drain_timeout, drained).await;
         if let Some(task) = metrics_task {
+            task.abort();
+        }
+        if let Some(task) = trim_task {
             task.abort();
         }
         let abandoned = state.in_flight.count();

@@ -226,10 +226,11 @@ pub use error::{Error, TimeoutStep};
 pub use federation::TargetCheck;
 #[cfg(feature = "federation")]
 pub use federation::{
-    canonical_json, check_server_keys, to_canonical, to_canonical_object, verify_json,
-    CanonicalJsonObject, CanonicalJsonValue, Discovery, DnsSetupError, Federation, FederationError,
-    MxcUri, OwnedMxcUri, OwnedServerName, Resolution, ServerKeys, ServerName, SigningError,
-    SigningKey, DEFAULT_MEDIA_LIMIT, WELL_KNOWN_CACHE_ENTRIES, WELL_KNOWN_MAX_BYTES,
+    canonical_json, check_server_keys, check_server_name, parse_server_name, to_canonical,
+    to_canonical_object, verify_json, CanonicalJsonObject, CanonicalJsonValue, Discovery,
+    DnsSetupError, Federation, FederationError, InvalidServerName, MxcUri, OwnedMxcUri,
+    OwnedServerName, Resolution, ServerKeys, ServerName, SigningError, SigningKey,
+    DEFAULT_MEDIA_LIMIT, WELL_KNOWN_CACHE_ENTRIES, WELL_KNOWN_MAX_BYTES,
 };
 #[cfg(feature = "yaml")]
 pub use homeserver::{HomeserverYaml, Key};

@@ -642,3 +642,139 @@ async fn synapse_accepts_a_signed_request_with_unordered_content() {
         "Synapse rejected a signed request with content"
     );
 }
+
+/// Every name the real Synapse refuses (`parse_and_validate_server_name`,
+/// from the Synapse virtual environment) egress refuses too: Synapse's own
+/// test cases, edge cases, and 4,000 random strings over the characters that
+/// matter. Where egress refuses a name Synapse takes, it is the documented
+/// stricter rule (the port, or an IPv6 form Rust's parser does not take).
+#[test]
+fn a_server_name_synapse_refuses_egress_refuses() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut names: Vec<String> = [
+        "localhost",
+        "my-example.com:1234",
+        "1.2.3.4",
+        "[0abc:1def::1234]",
+        "1.2.3.4:1",
+        "[0abc:1def::1234]:8080",
+        "",
+        "localhost:http",
+        "1234]",
+        "[1234",
+        "[1.2.3.4]",
+        "underscore_.com",
+        "percent%65.com",
+        "newline.com\n",
+        ".empty-label.com",
+        "1234:5678:80",
+        ":80",
+        "a..b",
+        "example.com.",
+        "example.com.:8448",
+        ".",
+        "-",
+        "a-.b",
+        "a.b:0",
+        "a.b:+80",
+        "a.b: 80",
+        "a.b:",
+        "a.b:65536",
+        "a.b:08448",
+        "[::1]",
+        "[::1]:8448",
+        "[::ffff:1.2.3.4]",
+        "[]",
+        "[::1",
+        "::1",
+        "a.b:8_0",
+        "a.b:\u{0668}\u{0660}",
+        "é.example",
+        "a b",
+        "[::1]x",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // A fixed xorshift: the same 4,000 strings every run.
+    let pieces = [
+        "a", "Z", "0", "9", "-", ".", ".", ":", "[", "]", "_", "%", "+", " ", "\n", "::1",
+        "1.2.3.4", "example", "com", "8448", "0", "65535", "\u{0668}", "é",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..4000 {
+        let mut name = String::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        for _ in 0..(state % 7 + 1) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            name.push_str(pieces[(state % pieces.len() as u64) as usize]);
+        }
+        names.push(name);
+    }
+
+    let script = "import json, sys\n\
+        from synapse.util.stringutils import parse_and_validate_server_name\n\
+        out = []\n\
+        for name in json.load(sys.stdin):\n\
+        \x20   try:\n\
+        \x20       parse_and_validate_server_name(name)\n\
+        \x20       out.append(True)\n\
+        \x20   except ValueError:\n\
+        \x20       out.append(False)\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new(venv().join("bin/python"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Synapse's python");
+    let pid = child.id();
+    // Never a hang: the interpreter is killed after 60 s.
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&names).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "Synapse's check did not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let synapse: Vec<bool> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(synapse.len(), names.len());
+
+    let (mut both, mut refused, mut stricter) = (0, 0, 0);
+    for (name, synapse_takes) in names.iter().zip(synapse) {
+        match (synapse_takes, egress::parse_server_name(name)) {
+            (false, Ok(_)) => panic!("Synapse refuses {name:?}; egress takes it"),
+            (false, Err(_)) => refused += 1,
+            (true, Ok(_)) => both += 1,
+            (
+                true,
+                Err(egress::InvalidServerName::Port(_) | egress::InvalidServerName::Ipv6(_)),
+            ) => stricter += 1,
+            (true, Err(e)) => {
+                panic!("Synapse takes {name:?}; egress refuses it outside its stricter rule: {e}")
+            }
+        }
+    }
+    // The cases reach both sides of the rule.
+    assert!(
+        both >= 100 && refused >= 1000,
+        "{both} taken by both, {refused} refused by both"
+    );
+    eprintln!("{both} taken by both, {refused} refused by both, {stricter} refused by egress only (port or IPv6)");
+}

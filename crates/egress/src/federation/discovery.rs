@@ -46,6 +46,16 @@ impl Discovery {
     /// Resolves a server name to the targets to try, in order.
     pub async fn resolve(&self, name: &ServerName) -> Resolution {
         let mut steps = Vec::new();
+        if let Err(e) = super::server_name::check_server_name(name) {
+            // Synapse refuses the name: nothing to look up, no target.
+            steps.push(format!("not a valid server name: {e}"));
+            return Resolution {
+                tls_name: name.host().to_owned(),
+                host_header: name.to_string(),
+                targets: Vec::new(),
+                steps,
+            };
+        }
         if name.is_ip_literal() {
             steps.push(format!("{name} is an IP address"));
             return literal(name, steps);

@@ -4,6 +4,7 @@ use http::StatusCode;
 use ruma_common::MxcUriError;
 
 use super::body::BodyError;
+use super::server_name::InvalidServerName;
 use super::signing::SigningError;
 use super::srv::DnsSetupError;
 use crate::Error;
@@ -15,6 +16,9 @@ pub enum FederationError {
     /// Not an `mxc://server/mediaId` URI.
     #[error("not a valid mxc:// URI: {0}")]
     Mxc(#[from] MxcUriError),
+    /// A server name Synapse refuses (ruma's type takes it).
+    #[error("not a valid server name: {0}")]
+    InvalidServerName(#[from] InvalidServerName),
     /// DNS for SRV could not be set up.
     #[error(transparent)]
     Dns(#[from] DnsSetupError),

@@ -9,6 +9,7 @@ mod error;
 mod keys;
 mod media;
 mod request;
+mod server_name;
 mod signing;
 mod srv;
 mod well_known;
@@ -26,6 +27,7 @@ pub use request::TargetCheck;
 pub use ruma_common::{
     CanonicalJsonObject, CanonicalJsonValue, MxcUri, OwnedMxcUri, OwnedServerName, ServerName,
 };
+pub use server_name::{check_server_name, parse_server_name, InvalidServerName};
 pub use signing::{
     canonical_json, to_canonical, to_canonical_object, verify_json, SigningError, SigningKey,
 };

@@ -112,6 +112,8 @@ impl Federation {
         path: &str,
         content: Option<&Value>,
     ) -> Result<(Resolution, Response<Body>), FederationError> {
+        // Synapse refuses these names (ruma's type takes them).
+        super::server_name::check_server_name(server)?;
         let resolution = self.discovery.resolve(server).await;
         if resolution.targets.is_empty() {
             return Err(FederationError::NotOffered {

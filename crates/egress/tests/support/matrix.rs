@@ -63,7 +63,7 @@ impl Matrix {
     }
 }
 
-fn venv() -> PathBuf {
+pub fn venv() -> PathBuf {
     let dir = std::env::var_os("EGRESS_SYNAPSE_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -490,8 +490,10 @@ def main(argv):
                     help="do not fail on request log lines serve dropped (egress_serve_log_lines_dropped_total); "
                          "they are still counted and reported")
     ap.add_argument("--max-slope", type=float, metavar="M",
-                    help="fail if serve's RSS grows more than M MiB per hour under load: the least-squares "
-                         "slope of each minute's median RSS over the last 90 minutes (the 2-hour run uses 0.1)")
+                    help="fail if serve's memory grows more than M MiB per hour under load: the least-squares "
+                         "slopes over the last 90 minutes of the RSS serve reads right after its trims "
+                         "(egress_serve_memory_trimmed_rss_bytes) and of each minute's median heap in use "
+                         "(egress_serve_heap_in_use_bytes); the 2-hour run uses 0.1")
     ap.add_argument("--memory-trim-interval", type=float, default=60.0, metavar="SECONDS",
                     help="serve's --memory-trim-interval (default 60, serve's own); each idle point waits for "
                          "the next trim, so a short run is quicker with less. 0: serve never trims")

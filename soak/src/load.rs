@@ -76,6 +76,10 @@ pub(crate) fn main(opts: &HashMap<String, String>) -> i32 {
             v.parse()
                 .unwrap_or_else(|_| usage(&format!("--max-slope: not a number: {v}")))
         }),
+        rate: opts.get("rate").map(|v| match v.parse::<f64>() {
+            Ok(r) if r > 0.0 => r,
+            _ => usage(&format!("--rate: not a positive number: {v}")),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,6 +99,11 @@ struct Run {
     out: String,
     /// MiB per hour the memory may grow under load (`--max-slope`).
     max_slope: Option<f64>,
+    /// Requests a second in all, at most (`--rate`; none: as fast as the 64
+    /// workers go). A fixed rate keeps the load the same from the first
+    /// minute to the last whatever else the machine runs, so a slope over
+    /// the run measures growth, not a change of throughput.
+    rate: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,6 +370,8 @@ struct Shared {
     failures: Mutex<Failures>,
     examples: Mutex<BTreeMap<String, String>>,
     slack: Duration,
+    /// Each worker's least time between the starts of its requests (`--rate`).
+    pace: Option<Duration>,
 }
 
 impl Shared {
@@ -411,6 +422,9 @@ async fn soak(config: Value, run: Run) -> i32 {
         failures: Mutex::new(Failures::default()),
         examples: Mutex::new(BTreeMap::new()),
         slack: run.slack,
+        pace: run
+            .rate
+            .map(|rate| Duration::from_secs_f64(CONCURRENCY as f64 / rate)),
     });
     let mut writeln_json = |v: Value| {
         writeln!(out, "{v}")
@@ -424,11 +438,14 @@ async fn soak(config: Value, run: Run) -> i32 {
         "timeouts_ms": {"connect": TIMEOUTS.connect.as_millis() as u64, "connect_reply": TIMEOUTS.connect_reply.as_millis() as u64,
                         "request": TIMEOUTS.request.as_millis() as u64, "body_idle": TIMEOUTS.body_idle.as_millis() as u64},
         "idle_timeout_ms": IDLE_TIMEOUT.as_millis() as u64, "slack_ms": run.slack.as_millis() as u64,
-        "windows": WINDOWS, "minutes": run.minutes, "sample": begin.json(),
+        "windows": WINDOWS, "minutes": run.minutes, "rate": run.rate, "sample": begin.json(),
     }));
     eprintln!(
-        "soak: {} origins, concurrency {CONCURRENCY}; warm-up {:?}",
+        "soak: {} origins, concurrency {CONCURRENCY}{}; warm-up {:?}",
         origins.len(),
+        run.rate.map_or(String::new(), |r| format!(
+            ", at most {r} requests a second"
+        )),
         run.warmup
     );
 
@@ -715,7 +732,17 @@ fn start_workers(
                 let mut rng = Rng(
                     0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)
                 );
+                // With --rate, each worker starts a request every `pace`
+                // (later when one takes longer: no catching up in a burst).
+                let mut pace = shared.pace.map(|every| {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick
+                });
                 while !shared.stop.load(Ordering::SeqCst) {
+                    if let Some(tick) = &mut pace {
+                        tick.tick().await;
+                    }
                     let plan = choose(&mut rng, phase, &nginx, &fake, origins.len());
                     one(&shared, &outbounds, &origins, &plan).await;
                 }

@@ -63,9 +63,10 @@
 //! `--allow-log-drops 1`); a reload check failed; `egress_serve_active_tunnels`
 //! is not back to 0 once the clients have stopped; serve's descriptors or RSS
 //! after the load are over the baseline + 10 %; with `--max-slope M`, serve's
-//! RSS grows more than M MiB per hour under load (the least-squares slope of
-//! each minute's median RSS over the run's last 90 minutes); anything in the
-//! load panics.
+//! memory grows more than M MiB per hour under load (least-squares slopes
+//! over the run's last 90 minutes of the RSS serve reads right after its
+//! trims and of each minute's median heap in use: see `growth`);
+//! anything in the load panics.
 //!
 //! The baseline is taken after a warm-up of one whole schedule minute (every
 //! fault, both reloads) once the clients have stopped, the tunnels are closed
@@ -363,6 +364,11 @@ struct Minute {
     rss_max_kib: u64,
     /// serve's RSS, once a second.
     rss_samples: Vec<u64>,
+    /// serve's heap in use (egress_serve_heap_in_use_bytes, KiB), once a second.
+    heap_samples: Vec<u64>,
+    /// serve's RSS right after each of its trims
+    /// (egress_serve_memory_trimmed_rss_bytes, KiB).
+    trimmed: Vec<u64>,
     fds_max: usize,
     tunnels_max: i64,
 }
@@ -1916,8 +1922,17 @@ fn metric_decisions(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
     out
 }
 
+/// serve's heap in use in KiB (egress_serve_heap_in_use_bytes; none when it
+/// does not export it). Read after the descriptors: the scrape is one.
+async fn serve_heap(sh: &Shared) -> Option<u64> {
+    let m = metrics(sh.cfg.metrics).await.ok()?;
+    m.contains_key("egress_serve_heap_in_use_bytes")
+        .then(|| metric(&m, "egress_serve_heap_in_use_bytes") as u64 / 1024)
+}
+
 /// Samples serve every second: the most RSS, descriptors and open tunnels.
 async fn sampler(sh: Arc<Shared>) {
+    let mut trims_seen = None;
     loop {
         // Not between phases: its scrape would be a descriptor of serve's
         // while the baseline is read.
@@ -1925,15 +1940,36 @@ async fn sampler(sh: Arc<Shared>) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        // The scrape first: its heap figure and the RSS after it are a
+        // moment apart.
+        let now = metrics(sh.cfg.metrics).await.ok();
         let (rss, _, fds) = serve_status(sh.cfg.pid);
-        let tunnels = metrics(sh.cfg.metrics)
-            .await
-            .map(|m| metric(&m, "egress_serve_active_tunnels") as i64)
-            .unwrap_or(-1);
+        let tunnels = now
+            .as_ref()
+            .map_or(-1, |m| metric(m, "egress_serve_active_tunnels") as i64);
+        let heap = now
+            .as_ref()
+            .filter(|m| m.contains_key("egress_serve_heap_in_use_bytes"))
+            .map(|m| metric(m, "egress_serve_heap_in_use_bytes") as u64 / 1024);
+        let trims = now
+            .as_ref()
+            .map(|m| metric(m, "egress_serve_memory_trims_total") as u64);
+        // serve reads its RSS right after each trim; a new trim is a new
+        // reading.
+        let trimmed = now
+            .as_ref()
+            .filter(|_| matches!((trims_seen, trims), (Some(a), Some(b)) if b > a))
+            .map(|m| metric(m, "egress_serve_memory_trimmed_rss_bytes") as u64 / 1024)
+            .filter(|&kib| kib > 0);
+        if trims.is_some() {
+            trims_seen = trims;
+        }
         {
             let mut m = sh.minute.lock().unwrap();
             m.rss_max_kib = m.rss_max_kib.max(rss);
             m.rss_samples.push(rss);
+            m.heap_samples.extend(heap);
+            m.trimmed.extend(trimmed);
             m.fds_max = m.fds_max.max(fds);
             m.tunnels_max = m.tunnels_max.max(tunnels);
         }
@@ -2200,9 +2236,10 @@ async fn soak(config: Value, run: Run) -> i32 {
     }
     let (base_rss, base_hwm, base_fds) = serve_status(sh.cfg.pid);
     let base_kinds = serve_fd_kinds(&sh.cfg);
+    let base_heap = serve_heap(&sh).await;
     write(json!({
         "phase": "baseline", "warmup_requests": warm_requests,
-        "serve": {"rss_kib": base_rss, "hwm_kib": base_hwm, "fds": base_fds, "fd_kinds": base_kinds},
+        "serve": {"rss_kib": base_rss, "hwm_kib": base_hwm, "fds": base_fds, "fd_kinds": base_kinds, "heap_kib": base_heap},
         "tunnels_closed_ms": tunnels.as_ref().ok().map(|d| d.as_millis() as u64),
     }));
     eprintln!(
@@ -2252,6 +2289,7 @@ async fn soak(config: Value, run: Run) -> i32 {
     }
     let (after_rss, after_hwm, after_fds) = serve_status(sh.cfg.pid);
     let after_kinds = serve_fd_kinds(&sh.cfg);
+    let after_heap = serve_heap(&sh).await;
     if after_fds > fds_limit {
         sh.fail(
             "serve's file descriptors did not go back to the baseline",
@@ -2264,7 +2302,13 @@ async fn soak(config: Value, run: Run) -> i32 {
             format!("{after_rss} KiB after the load, baseline {base_rss} KiB, limit {rss_limit} KiB (high-water {base_hwm} → {after_hwm} KiB)"),
         );
     }
-    let (slopes, slope_lines) = growth(&sh, &run, &rows, (base_rss, after_rss));
+    let (slopes, slope_lines) = growth(
+        &sh,
+        &run,
+        &rows,
+        (base_rss, after_rss),
+        base_heap.zip(after_heap),
+    );
     sampler_task.abort();
     // The log's last batch (written every 200 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -2287,8 +2331,8 @@ async fn soak(config: Value, run: Run) -> i32 {
         .map(|(what, (count, example))| json!({"what": what, "count": count, "example": example}))
         .collect();
     write(json!({
-        "phase": "after", "baseline": {"rss_kib": base_rss, "hwm_kib": base_hwm, "fds": base_fds},
-        "after": {"rss_kib": after_rss, "hwm_kib": after_hwm, "fds": after_fds, "fd_kinds": after_kinds},
+        "phase": "after", "baseline": {"rss_kib": base_rss, "hwm_kib": base_hwm, "fds": base_fds, "heap_kib": base_heap},
+        "after": {"rss_kib": after_rss, "hwm_kib": after_hwm, "fds": after_fds, "fd_kinds": after_kinds, "heap_kib": after_heap},
         "limits": {"rss_kib": rss_limit, "fds": fds_limit},
         "tunnels_closed_ms": tunnels.as_ref().ok().map(|d| d.as_millis() as u64),
         "accounting": accounting.json(),
@@ -2554,6 +2598,10 @@ struct Row {
     /// serve's RSS at the minute's end, the most and the median of the
     /// per-second samples.
     rss: (u64, u64, u64),
+    /// The medians of serve's heap in use and of its RSS right after each
+    /// trim (KiB; none without the heap gauge or without trims).
+    heap: Option<u64>,
+    trimmed: Option<u64>,
     fds: (usize, usize),
     tunnels: (i64, i64),
     dropped: u64,
@@ -2582,6 +2630,8 @@ impl Row {
                 m.rss_max_kib.max(rss),
                 median(&m.rss_samples).unwrap_or(rss),
             ),
+            heap: median(&m.heap_samples),
+            trimmed: median(&m.trimmed),
             fds: (fds, m.fds_max.max(fds)),
             tunnels: (
                 metric(now, "egress_serve_active_tunnels") as i64,
@@ -2625,6 +2675,8 @@ impl Row {
             "tunnel_requests": self.inner.0, "tunnel_requests_failed": self.inner.1,
             "serve_rss_kib": self.rss.0, "serve_rss_max_kib": self.rss.1,
             "serve_rss_median_kib": self.rss.2,
+            "serve_heap_median_kib": self.heap,
+            "serve_rss_trimmed_kib": self.trimmed,
             "serve_fds": self.fds.0, "serve_fds_max": self.fds.1,
             "active_tunnels": self.tunnels.0, "active_tunnels_max": self.tunnels.1,
             "dropped_log_lines": self.dropped, "log_lines": self.log_lines,
@@ -2646,11 +2698,23 @@ impl Row {
 }
 
 /// serve's growth under load: least-squares slopes over the last 90
-/// minutes of the RSS at each minute's end and of each minute's median (the
-/// quieter one: a single sample lands on a burst or between them), and the
-/// rate between the idle points. Fails the run on the median's slope over
-/// `--max-slope`.
-fn growth(sh: &Shared, run: &Run, rows: &[Row], idle: (u64, u64)) -> (Value, Vec<String>) {
+/// minutes of the RSS at each minute's end, of each minute's median, of the
+/// RSS serve reads right after each trim and of the heap in use; and the
+/// rates between the idle points.
+///
+/// `--max-slope` gates on what a leak or the allocator's keeping would make
+/// grow: the RSS right after serve's trims (what it holds: a leak, or pages
+/// a trim cannot give back) and, with serve's heap gauge, the heap in use (a
+/// leak of live allocations, with the least noise); without trims, the
+/// median RSS. The RSS between trims is recorded, not gated: it is the free
+/// pages glibc keeps until the next trim.
+fn growth(
+    sh: &Shared,
+    run: &Run,
+    rows: &[Row],
+    idle: (u64, u64),
+    idle_heap: Option<(u64, u64)>,
+) -> (Value, Vec<String>) {
     let window: Vec<Value> = rows
         .iter()
         .filter(|r| r.at.as_secs_f64() > (run.minutes - 90.0).max(0.0) * 60.0)
@@ -2661,6 +2725,11 @@ fn growth(sh: &Shared, run: &Run, rows: &[Row], idle: (u64, u64)) -> (Value, Vec
     for (key, what) in [
         ("serve_rss_kib", "RSS at each minute's end"),
         ("serve_rss_median_kib", "median RSS of each minute"),
+        ("serve_rss_trimmed_kib", "RSS right after each trim"),
+        (
+            "serve_heap_median_kib",
+            "heap in use (median of each minute)",
+        ),
     ] {
         if let Some((b, se)) = crate::slope(&window, key) {
             slopes.insert(key.to_owned(), json!({"mib_per_hour": b, "stderr": se}));
@@ -2682,20 +2751,37 @@ fn growth(sh: &Shared, run: &Run, rows: &[Row], idle: (u64, u64)) -> (Value, Vec
             "serve does not trim: glibc's kept free pages included"
         }
     ));
+    if let Some((before, after)) = idle_heap {
+        let rate = (after as f64 - before as f64) / 1024.0 / (run.minutes / 60.0);
+        slopes.insert("idle_heap_mib_per_hour".into(), json!(rate));
+        lines.push(format!(
+            "serve's heap in use at idle: {:.2} -> {:.2} MiB, {rate:+.3} MiB/h",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        ));
+    }
     if let Some(max) = run.max_slope {
-        match slopes
-            .get("serve_rss_median_kib")
-            .and_then(|v| v["mib_per_hour"].as_f64())
-        {
-            Some(b) if b > max => sh.fail(
-                "serve's memory grows under load",
-                format!("the median RSS grows {b:+.3} MiB/h (limit {max} MiB/h)"),
-            ),
-            None => sh.fail(
-                "serve's memory grows under load",
-                "too few minutes for a slope".into(),
-            ),
-            _ => {}
+        let mut gated = Vec::new();
+        if sh.cfg.memory_trim.is_some() {
+            gated.push(("serve_rss_trimmed_kib", "the RSS right after serve's trims"));
+        } else {
+            gated.push(("serve_rss_median_kib", "the median RSS"));
+        }
+        if slopes.contains_key("serve_heap_median_kib") {
+            gated.push(("serve_heap_median_kib", "the heap in use"));
+        }
+        for (key, what) in &gated {
+            match slopes.get(*key).and_then(|v| v["mib_per_hour"].as_f64()) {
+                Some(b) if b > max => sh.fail(
+                    "serve's memory grows under load",
+                    format!("{what} grows {b:+.3} MiB/h (limit {max} MiB/h)"),
+                ),
+                None => sh.fail(
+                    "serve's memory grows under load",
+                    format!("too few minutes for a slope of {what}"),
+                ),
+                _ => {}
+            }
         }
     }
     (Value::Object(slopes), lines)
@@ -2710,13 +2796,13 @@ fn median(samples: &[u64]) -> Option<u64> {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| min | requests | allowed/denied/failed | in tunnels | serve RSS MiB (median, max) | fds (max) | tunnels open (max) | log lines | dropped | slowest ms | squid kills / dns restarts / reloads |\n\
-         |----:|---------:|----------------------|-----------:|----------------------------:|----------:|-------------------:|----------:|--------:|-----------:|------------------|\n",
+        "| min | requests | allowed/denied/failed | in tunnels | serve RSS MiB (median, max) | after trims; heap in use MiB | fds (max) | tunnels open (max) | log lines | dropped | slowest ms | squid kills / dns restarts / reloads |\n\
+         |----:|---------:|----------------------|-----------:|----------------------------:|-----------------------------:|----------:|-------------------:|----------:|--------:|-----------:|------------------|\n",
     );
     for r in rows {
         let d = r.decisions();
         t.push_str(&format!(
-            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}, {:.1}) | {} ({}) | {} ({}) | {} | {} | {} | {}/{}/{} |\n",
+            "| {} | {} | {}/{}/{} | {} | {:.1} ({:.1}, {:.1}) | {}; {} | {} ({}) | {} ({}) | {} | {} | {} | {}/{}/{} |\n",
             r.minute,
             r.requests(),
             d[0],
@@ -2726,6 +2812,10 @@ fn table(rows: &[Row]) -> String {
             r.rss.0 as f64 / 1024.0,
             r.rss.2 as f64 / 1024.0,
             r.rss.1 as f64 / 1024.0,
+            r.trimmed
+                .map_or("-".into(), |t| format!("{:.1}", t as f64 / 1024.0)),
+            r.heap
+                .map_or("-".into(), |h| format!("{:.1}", h as f64 / 1024.0)),
             r.fds.0,
             r.fds.1,
             r.tunnels.0,

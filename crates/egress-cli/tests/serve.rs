@@ -2214,3 +2214,78 @@ fn a_request_log_nobody_reads_does_not_stop_the_proxy() {
         serve.metrics()
     );
 }
+
+/// serve trims its memory every `--memory-trim-interval`, counts it and
+/// reports the RSS it read right after, and `/metrics` reports the
+/// allocator's bytes in use: below the RSS, higher while 300 tunnels are open
+/// than once they have closed.
+#[test]
+fn serve_trims_its_memory_and_reports_its_heap_in_use() {
+    let echo = Echo::start("127.0.0.1");
+    let serve = Serve::start(
+        "trim",
+        &allow(&["127.0.0.1/32"]),
+        &["--memory-trim-interval", "1"],
+    );
+    let pid = serve.child.as_ref().unwrap().id();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap();
+        kib * 1024
+    };
+    let heap = |text: &str| metric(text, "egress_serve_heap_in_use_bytes ");
+    let trims = |text: &str| metric(text, "egress_serve_memory_trims_total ");
+
+    // A trim a second: the counter moves within a few.
+    let first = trims(&serve.metrics());
+    let deadline = Instant::now() + WAIT;
+    while trims(&serve.metrics()) < first + 2 {
+        assert!(Instant::now() < deadline, "no trims in {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let text = serve.metrics();
+    let idle = heap(&text);
+    assert!(idle > 0 && idle < rss(), "heap {idle}, RSS {}", rss());
+    // What serve read right after its last trim: its code and its heap.
+    let trimmed = metric(&text, "egress_serve_memory_trimmed_rss_bytes ");
+    assert!(
+        trimmed > idle && trimmed < 4 * rss(),
+        "RSS after the trim {trimmed}, heap {idle}, RSS now {}",
+        rss()
+    );
+    let target = format!("127.0.0.1:{}", echo.port);
+    let open: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let (head, tcp) = tunnel(
+                serve.port,
+                &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"),
+            );
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            tcp
+        })
+        .collect();
+    let busy = heap(&serve.metrics());
+    assert!(
+        busy > idle + 300 * 1024,
+        "heap in use {idle} at idle, {busy} with 300 tunnels open"
+    );
+    drop(open);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = serve.metrics();
+        let now = heap(&text);
+        if metric(&text, "egress_serve_active_tunnels ") == 0 && now < busy - 150 * 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heap in use {now} after the tunnels closed, {busy} while open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

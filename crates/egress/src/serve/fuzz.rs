@@ -65,7 +65,7 @@ fn fixture() -> &'static Mutex<Fixture> {
                     tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
                     active: RwLock::new(Arc::new(Active::new(&config, policy).expect("policy"))),
                     dns: Dns::new(config.dns_server).expect("dns"),
-                    metrics: Metrics::new(),
+                    metrics: Metrics::new(None),
                     per_client: Mutex::default(),
                     in_flight: Arc::default(),
                     shutdown: receiver.clone(),

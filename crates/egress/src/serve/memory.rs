@@ -53,14 +53,44 @@ pub(crate) async fn trim_loop(state: Arc<State>, memory: MemoryTrim) {
             _ = stop.changed() => return,
         }
         let started = std::time::Instant::now();
-        let Ok(released) = tokio::task::spawn_blocking(memory.trim).await else {
+        let trim = memory.trim;
+        let Ok((released, rss)) =
+            tokio::task::spawn_blocking(move || (trim(), resident_bytes())).await
+        else {
             return;
         };
+        if let Some(rss) = rss {
+            state
+                .metrics
+                .trimmed_rss
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
         state.metrics.memory_trims.inc();
         tracing::debug!(
             took_us = started.elapsed().as_micros() as u64,
             released,
+            rss,
             "memory trimmed"
         );
+    }
+}
+
+/// This process's resident memory (VmRSS in /proc/self/status), read right
+/// after a trim: what serve holds, without the free pages the allocator kept
+/// since the last one. None where there is no /proc.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = kib.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn resident_bytes_reads_this_process() {
+        let rss = super::resident_bytes().expect("VmRSS on Linux");
+        // A test binary holds more than a MiB and less than a GiB.
+        assert!((1 << 20..1 << 30).contains(&rss), "{rss}");
     }
 }

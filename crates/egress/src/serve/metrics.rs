@@ -30,10 +30,14 @@ pub(crate) struct Metrics {
     pub(crate) reloads: Counter,
     pub(crate) log_lines_dropped: Counter,
     pub(crate) memory_trims: Counter,
+    pub(crate) trimmed_rss: Gauge,
+    /// `egress_serve_heap_in_use_bytes`, read from the allocator at each
+    /// scrape ([`ServeConfig::heap_in_use`](super::ServeConfig::heap_in_use)).
+    heap_in_use: Option<(Gauge, fn() -> u64)>,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Metrics {
+    pub(crate) fn new(heap_in_use: Option<fn() -> u64>) -> Metrics {
         let mut registry = Registry::with_prefix("egress_serve");
         let requests = Family::<RequestLabels, Counter>::default();
         let active_tunnels = Gauge::default();
@@ -44,6 +48,7 @@ impl Metrics {
         let reloads = Counter::default();
         let log_lines_dropped = Counter::default();
         let memory_trims = Counter::default();
+        let trimmed_rss = Gauge::default();
         registry.register(
             "requests",
             "Requests (CONNECT and forwarded) by decision and reason",
@@ -80,6 +85,20 @@ impl Metrics {
             "Times freed memory was handed back to the kernel (malloc_trim, glibc only)",
             memory_trims.clone(),
         );
+        registry.register(
+            "memory_trimmed_rss_bytes",
+            "Resident memory right after the last trim: what serve holds, without the allocator's kept free pages (0 before the first trim)",
+            trimmed_rss.clone(),
+        );
+        let heap_in_use = heap_in_use.map(|read| {
+            let gauge = Gauge::default();
+            registry.register(
+                "heap_in_use_bytes",
+                "Bytes allocated and not yet freed, as the allocator counts them (glibc's mallinfo2), read at each scrape",
+                gauge.clone(),
+            );
+            (gauge, read)
+        });
         Metrics {
             registry,
             requests,
@@ -90,6 +109,8 @@ impl Metrics {
             reloads,
             log_lines_dropped,
             memory_trims,
+            trimmed_rss,
+            heap_in_use,
         }
     }
 
@@ -114,6 +135,9 @@ impl Metrics {
 
     /// The text exposition.
     pub(crate) fn render(&self) -> String {
+        if let Some((gauge, read)) = &self.heap_in_use {
+            gauge.set(i64::try_from(read()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

@@ -146,6 +146,12 @@ pub struct ServeConfig {
     /// Handing freed memory back to the kernel at an interval (none; the
     /// `egress` CLI passes glibc's `malloc_trim` every 60 s).
     pub memory_trim: Option<MemoryTrim>,
+    /// Reads how many bytes the allocator has handed out and not got back,
+    /// at each `/metrics` scrape, as `egress_serve_heap_in_use_bytes` (none:
+    /// the gauge is absent; the `egress` CLI passes glibc's `mallinfo2`). With
+    /// the RSS it tells a leak (this grows) from pages the allocator keeps
+    /// (only the RSS grows).
+    pub heap_in_use: Option<fn() -> u64>,
     /// Called with each request's record.
     pub on_request: Option<OnRequest>,
 }
@@ -166,6 +172,7 @@ impl fmt::Debug for ServeConfig {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("drain_timeout", &self.drain_timeout)
             .field("memory_trim", &self.memory_trim)
+            .field("heap_in_use", &self.heap_in_use.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +199,7 @@ impl Default for ServeConfig {
             max_response_bytes: None,
             drain_timeout: Duration::from_secs(30),
             memory_trim: None,
+            heap_in_use: None,
             on_request: None,
         }
     }
@@ -446,12 +454,13 @@ impl Server {
             }
         }
         let (sender, receiver) = watch::channel(false);
+        let counters = Metrics::new(config.heap_in_use);
         let state = Arc::new(State {
             tunnels: Arc::new(Semaphore::new(config.max_tunnels)),
             config,
             active: RwLock::new(Arc::new(active)),
             dns,
-            metrics: Metrics::new(),
+            metrics: counters,
             per_client: Mutex::default(),
             in_flight: Arc::default(),
             shutdown: receiver,

@@ -8,6 +8,7 @@ mod federation;
 mod fetch;
 mod fetch_reqwest;
 mod log_writer;
+mod notify;
 mod serve;
 
 use std::path::PathBuf;

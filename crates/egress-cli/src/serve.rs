@@ -339,6 +339,13 @@ async fn run(args: Args) -> ExitCode {
         "Via name {} (a request that comes back with it is a forwarding loop: 508)",
         server.via_name()
     );
+    let listening: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|l| format!("{} ({})", l.addr, policy_name(l.policy)))
+        .collect();
+    // Every listener is bound: connections queue from here on.
+    crate::notify::ready(&format!("listening on {}", listening.join(", ")));
     let handle = server.handle();
     *counter.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
     let signals = tokio::spawn(async move {
@@ -353,14 +360,23 @@ async fn run(args: Args) -> ExitCode {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => match args.policy() {
-                    Ok(policy) => {
-                        if let Err(e) = handle.reload(policy) {
-                            tracing::error!("reload refused, the previous policy stays: {e}");
+                _ = hup.recv() => {
+                    crate::notify::reloading();
+                    let status = match args.policy() {
+                        Ok(policy) => match handle.reload(policy) {
+                            Ok(()) => "reloaded".to_owned(),
+                            Err(e) => {
+                                tracing::error!("reload refused, the previous policy stays: {e}");
+                                format!("reload refused, the previous policy stays: {e}")
+                            }
+                        },
+                        Err(e) => {
+                            tracing::error!("reload failed, the previous policy stays: {e}");
+                            format!("reload failed, the previous policy stays: {e}")
                         }
-                    }
-                    Err(e) => tracing::error!("reload failed, the previous policy stays: {e}"),
-                },
+                    };
+                    crate::notify::reloaded(&status);
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
@@ -369,6 +385,7 @@ async fn run(args: Args) -> ExitCode {
             in_flight = handle.in_flight(),
             "stopping: no new connections; draining"
         );
+        crate::notify::stopping();
         handle.shutdown();
     });
     let drained = server.run().await;

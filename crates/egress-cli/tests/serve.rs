@@ -2289,3 +2289,73 @@ fn serve_trims_its_memory_and_reports_its_heap_in_use() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Under systemd (`Type=notify`) serve sends `READY=1` once its listeners
+/// are bound (a connection right after it is accepted), `RELOADING=1` with
+/// the time and then `READY=1` around a `SIGHUP`, and `STOPPING=1` when
+/// `SIGTERM` starts the drain. The service manager here is a datagram socket
+/// the test binds as `NOTIFY_SOCKET`.
+#[test]
+fn under_systemd_serve_says_ready_once_listening_and_reports_reloads_and_the_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = temp_dir("serve-notify");
+    std::fs::write(dir.join("homeserver.yaml"), allow(&["127.0.0.1/32"])).unwrap();
+    let socket_path = dir.join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager.set_read_timeout(Some(WAIT)).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("homeserver.yaml"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::fs::File::create(dir.join("log.jsonl")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+    let mut serve = Serve {
+        port,
+        metrics_port: 0,
+        dir,
+        child: Some(spawn(cmd)),
+    };
+    let next = |what: &str| {
+        let mut buf = [0u8; 4096];
+        let n = manager.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no {what} notification within {WAIT:?} ({e}); serve:\n{}",
+                serve.stderr()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let ready = next("ready");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=listening on 127.0.0.1:{port} (general)")),
+        "{ready}"
+    );
+    // Listening already: no retry.
+    TcpStream::connect(("127.0.0.1", port)).expect("serve said READY=1 before listening");
+
+    serve.signal(libc::SIGHUP);
+    let reloading = next("reloading");
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(
+        reloading.lines().any(|l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|v| v > 0))),
+        "{reloading}"
+    );
+    let reloaded = next("reloaded");
+    assert!(reloaded.lines().any(|l| l == "READY=1"), "{reloaded}");
+    assert!(reloaded.contains("STATUS=reloaded"), "{reloaded}");
+
+    serve.signal(libc::SIGTERM);
+    let stopping = next("stopping");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(serve.wait_exit(Duration::from_secs(40)).success());
+}

@@ -19,10 +19,18 @@ use egress::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
 
 pub use exit::{CONFIG as EXIT_CONFIG, USAGE as EXIT_USAGE};
 
+/// `egress --version`: the version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EGRESS_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "egress",
-    version,
+    version = VERSION,
     about = "See and test a Matrix homeserver's outbound HTTP(S) through forward proxies",
     long_about = "See and test a Matrix homeserver's outbound HTTP(S) through forward proxies.\n\n\
         egress reads the proxy settings a homeserver reads: the environment variables \

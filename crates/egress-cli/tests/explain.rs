@@ -364,3 +364,39 @@ fn lower_case_variables_win() {
     let out = egress(&env, &["explain", "--json", "https://matrix.org/"]);
     assert_eq!(json_lines(&out)[0]["route"], "direct");
 }
+
+/// `egress --version` names the version and the commit the binary was built
+/// from: this checkout's HEAD, when it is a git checkout and the build did
+/// not set EGRESS_COMMIT.
+#[test]
+fn version_names_the_commit() {
+    let out = egress(&[], &["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let want = format!("egress {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = line
+        .trim_end()
+        .strip_prefix(&want)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let head = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    match head {
+        // A build with EGRESS_COMMIT set names that instead.
+        Some(head) if std::env::var_os("EGRESS_COMMIT").is_none() => assert!(
+            commit == head || commit == format!("{head}-modified"),
+            "{commit} is not HEAD {head}"
+        ),
+        _ => assert!(!commit.is_empty(), "{line:?}"),
+    }
+}

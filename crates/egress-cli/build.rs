@@ -1,7 +1,8 @@
 //! `egress --version` names the commit it was built from: EGRESS_COMMIT when
-//! the build sets it (a package built from a source tarball has no .git),
-//! else `git rev-parse` of the source tree, else "unknown commit". A tree
-//! with uncommitted changes is marked `-modified`.
+//! the build sets it, else `git rev-parse` of the source tree, else the
+//! commit `cargo package` recorded in `.cargo_vcs_info.json` (a build of the
+//! published crate has no .git), else "unknown commit". A tree with
+//! uncommitted changes is marked `-modified`.
 
 use std::process::Command;
 
@@ -30,6 +31,7 @@ fn main() {
                 commit
             })
         })
+        .or_else(|| packaged(dir))
         .unwrap_or_else(|| "unknown commit".to_owned());
     println!("cargo:rustc-env=EGRESS_COMMIT={commit}");
 }
@@ -45,4 +47,23 @@ fn git(dir: &std::path::Path, args: &[&str]) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// The commit in the `.cargo_vcs_info.json` of a packaged crate
+/// (`"sha1": "<40 hex>"`, and `"dirty": true` when packaged from a changed
+/// tree).
+fn packaged(dir: &std::path::Path) -> Option<String> {
+    let info = std::fs::read_to_string(dir.join(".cargo_vcs_info.json")).ok()?;
+    let rest = &info[info.find("\"sha1\"")? + 6..];
+    let start = rest.find('"')? + 1;
+    let sha1 = rest.get(start..start + 40)?;
+    if !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let dirty = info.contains("\"dirty\": true");
+    Some(format!(
+        "{}{}",
+        &sha1[..12],
+        if dirty { "-modified" } else { "" }
+    ))
 }

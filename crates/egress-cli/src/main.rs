@@ -7,6 +7,7 @@ mod explain;
 mod federation;
 mod fetch;
 mod fetch_reqwest;
+mod generate;
 mod log_writer;
 mod notify;
 mod serve;
@@ -146,6 +147,11 @@ impl NetArgs {
 }
 
 fn main() -> ExitCode {
+    // `egress generate`, for packages, is not one of Cli's commands: it
+    // stays out of --help and of the pages and completions it writes.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return generate::main();
+    }
     let cli = Cli::parse();
     // -v shows egress's wire log (target `egress::wire`) as bare lines;
     // RUST_LOG, when set, decides instead.

@@ -400,3 +400,54 @@ fn version_names_the_commit() {
         _ => assert!(!commit.is_empty(), "{line:?}"),
     }
 }
+
+/// `egress generate man|completions DIR` writes the man pages and the shell
+/// completions from the clap definitions: every command's page, with the
+/// options `--help` shows; the command itself is not in `--help`.
+#[test]
+fn generate_writes_man_pages_and_completions_from_the_clap_definitions() {
+    let dir = std::env::temp_dir().join(format!("egress-generate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = egress(&[], &["generate", "man", dir.join("man").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "egress",
+        "egress-explain",
+        "egress-serve",
+        "egress-federation-test",
+    ] {
+        let path = dir.join("man").join(format!("{page}.1"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert!(
+            text.starts_with(".ie \\n(.g .ds Aq") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+        assert!(
+            stdout(&out).contains(path.to_str().unwrap()),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let serve = std::fs::read_to_string(dir.join("man/egress-serve.1")).unwrap();
+    assert!(serve.contains("memory\\-trim\\-interval"), "{serve}");
+    let out = egress(
+        &[],
+        &[
+            "generate",
+            "completions",
+            dir.join("comp").to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bash = std::fs::read_to_string(dir.join("comp/egress.bash")).unwrap();
+    assert!(bash.contains("--memory-trim-interval"), "{bash}");
+    for file in ["_egress", "egress.fish"] {
+        assert!(dir.join("comp").join(file).is_file(), "{file}");
+    }
+    let help = stdout(&egress(&[], &["--help"]));
+    assert!(
+        help.contains("explain") && !help.contains("generate"),
+        "{help}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

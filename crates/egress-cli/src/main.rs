@@ -50,6 +50,8 @@ enum Command {
     Explain(explain::Args),
     Fetch(fetch::Args),
     Doctor(doctor::Args),
+    /// Matrix federation through your proxy: test a server step by step, send
+    /// signed requests, fetch remote media, make a signing key.
     Federation(federation::Args),
     Serve(serve::Args),
 }

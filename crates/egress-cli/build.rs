@@ -1,17 +1,18 @@
 //! `egress --version` names the commit it was built from: EGRESS_COMMIT when
 //! the build sets it, else `git rev-parse` of the source tree, else the
 //! commit `cargo package` recorded in `.cargo_vcs_info.json` (a build of the
-//! published crate has no .git), else "unknown commit". A tree with
-//! uncommitted changes is marked `-modified`.
+//! published crate has no .git), else "unknown commit". It is the commit
+//! HEAD was at: changes not committed are not marked (cargo reruns this
+//! script when HEAD moves, not when a file changes).
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=EGRESS_COMMIT");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Rebuild when HEAD moves (a commit, a checkout) or the index changes.
+    // Rerun when HEAD moves (a commit, a checkout).
     if let Some(git_dir) = git(dir, &["rev-parse", "--absolute-git-dir"]) {
-        for path in ["HEAD", "index"] {
+        for path in ["HEAD", "packed-refs"] {
             println!("cargo:rerun-if-changed={git_dir}/{path}");
         }
         if let Some(head) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
@@ -21,16 +22,7 @@ fn main() {
     let commit = std::env::var("EGRESS_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())
-        .or_else(|| {
-            let commit = git(dir, &["rev-parse", "--short=12", "HEAD"])?;
-            let modified = git(dir, &["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            Some(if modified {
-                format!("{commit}-modified")
-            } else {
-                commit
-            })
-        })
+        .or_else(|| git(dir, &["rev-parse", "--short=12", "HEAD"]))
         .or_else(|| packaged(dir))
         .unwrap_or_else(|| "unknown commit".to_owned());
     println!("cargo:rustc-env=EGRESS_COMMIT={commit}");
@@ -50,8 +42,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> Option<String> {
 }
 
 /// The commit in the `.cargo_vcs_info.json` of a packaged crate
-/// (`"sha1": "<40 hex>"`, and `"dirty": true` when packaged from a changed
-/// tree).
+/// (`"sha1": "<40 hex>"`).
 fn packaged(dir: &std::path::Path) -> Option<String> {
     let info = std::fs::read_to_string(dir.join(".cargo_vcs_info.json")).ok()?;
     let rest = &info[info.find("\"sha1\"")? + 6..];
@@ -60,10 +51,5 @@ fn packaged(dir: &std::path::Path) -> Option<String> {
     if !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let dirty = info.contains("\"dirty\": true");
-    Some(format!(
-        "{}{}",
-        &sha1[..12],
-        if dirty { "-modified" } else { "" }
-    ))
+    Some(sha1[..12].to_owned())
 }

@@ -10,13 +10,20 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-env-changed=EGRESS_COMMIT");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // Rerun when HEAD moves (a commit, a checkout).
+    // Rerun when HEAD moves (a commit, a checkout): HEAD, and the branch's
+    // ref, loose or packed. Only files that exist: cargo takes a missing one
+    // as changed, and would rerun this and relink egress on every build.
     if let Some(git_dir) = git(dir, &["rev-parse", "--absolute-git-dir"]) {
-        for path in ["HEAD", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{path}");
-        }
-        if let Some(head) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{head}");
+        let branch = git(dir, &["symbolic-ref", "-q", "HEAD"]);
+        let watched = ["HEAD", "packed-refs"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(branch);
+        for path in watched {
+            let path = std::path::Path::new(&git_dir).join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
     let commit = std::env::var("EGRESS_COMMIT")

@@ -14,7 +14,10 @@ pub fn ready(status: &str) {
 
 /// A reload starts (systemd 253 and later want the time with it).
 pub fn reloading() {
-    send(&[NotifyState::Reloading, monotonic_now()]);
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
 }
 
 /// The reload is over, with the policy it left in place.
@@ -25,10 +28,6 @@ pub fn reloaded(status: &str) {
 /// The drain starts.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-}
-
-fn monotonic_now() -> NotifyState<'static> {
-    NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Custom("MONOTONIC_USEC=0"))
 }
 
 fn send(states: &[NotifyState<'_>]) {

@@ -344,17 +344,20 @@ async fn run(args: Args) -> ExitCode {
         .iter()
         .map(|l| format!("{} ({})", l.addr, policy_name(l.policy)))
         .collect();
-    // Every listener is bound: connections queue from here on.
-    crate::notify::ready(&format!("listening on {}", listening.join(", ")));
     let handle = server.handle();
     *counter.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle.clone());
+    // The handlers first: a SIGHUP that comes right after READY=1 (systemctl
+    // reload) would otherwise find the default action, which ends serve.
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    // Every listener is bound: connections queue from here on.
+    crate::notify::ready(&format!("listening on {}", listening.join(", ")));
     let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = handlers else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -362,20 +365,17 @@ async fn run(args: Args) -> ExitCode {
             tokio::select! {
                 _ = hup.recv() => {
                     crate::notify::reloading();
-                    let status = match args.policy() {
-                        Ok(policy) => match handle.reload(policy) {
-                            Ok(()) => "reloaded".to_owned(),
-                            Err(e) => {
-                                tracing::error!("reload refused, the previous policy stays: {e}");
-                                format!("reload refused, the previous policy stays: {e}")
-                            }
-                        },
-                        Err(e) => {
-                            tracing::error!("reload failed, the previous policy stays: {e}");
-                            format!("reload failed, the previous policy stays: {e}")
-                        }
+                    let failed = match args.policy() {
+                        Ok(policy) => handle
+                            .reload(policy)
+                            .err()
+                            .map(|e| format!("reload refused, the previous policy stays: {e}")),
+                        Err(e) => Some(format!("reload failed, the previous policy stays: {e}")),
                     };
-                    crate::notify::reloaded(&status);
+                    if let Some(why) = &failed {
+                        tracing::error!("{why}");
+                    }
+                    crate::notify::reloaded(failed.as_deref().unwrap_or("reloaded"));
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,

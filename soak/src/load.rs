@@ -51,13 +51,12 @@ const WINDOW: Duration = Duration::from_secs(10);
 const SQUID_KILL_AT: Duration = Duration::from_secs(20);
 const SQUID_DOWN_FOR: Duration = Duration::from_secs(3);
 /// The client's limits.
-const TIMEOUTS: Timeouts = Timeouts {
-    connect: Duration::from_secs(3),
-    federation_connect: Duration::from_secs(3),
-    connect_reply: Duration::from_secs(3),
-    request: Duration::from_secs(5),
-    body_idle: Duration::from_secs(3),
-};
+const TIMEOUTS: Timeouts = Timeouts::DEFAULT
+    .with_connect(Duration::from_secs(3))
+    .with_federation_connect(Duration::from_secs(3))
+    .with_connect_reply(Duration::from_secs(3))
+    .with_request(Duration::from_secs(5))
+    .with_body_idle(Duration::from_secs(3));
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long past its limit a wait is cut off and reported as a hang.
 const GUARD: Duration = Duration::from_secs(10);

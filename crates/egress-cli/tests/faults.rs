@@ -56,13 +56,12 @@ struct Row<'a> {
 
 /// Limits short enough that a row that hangs fails the test quickly.
 fn quick() -> Timeouts {
-    Timeouts {
-        connect: Duration::from_secs(3),
-        federation_connect: Duration::from_secs(3),
-        connect_reply: Duration::from_secs(3),
-        request: Duration::from_secs(5),
-        body_idle: Duration::from_secs(3),
-    }
+    Timeouts::DEFAULT
+        .with_connect(Duration::from_secs(3))
+        .with_federation_connect(Duration::from_secs(3))
+        .with_connect_reply(Duration::from_secs(3))
+        .with_request(Duration::from_secs(5))
+        .with_body_idle(Duration::from_secs(3))
 }
 
 /// The limits of a row that waits for a time limit: 1 s for each step, and
@@ -70,13 +69,12 @@ fn quick() -> Timeouts {
 /// step's limit is the one that ends it.
 fn one_second() -> Timeouts {
     let s = Duration::from_secs(1);
-    Timeouts {
-        connect: s,
-        federation_connect: s,
-        connect_reply: s,
-        request: Duration::from_millis(2500),
-        body_idle: s,
-    }
+    Timeouts::DEFAULT
+        .with_connect(s)
+        .with_federation_connect(s)
+        .with_connect_reply(s)
+        .with_request(Duration::from_millis(2500))
+        .with_body_idle(s)
 }
 
 impl<'a> Row<'a> {
@@ -403,12 +401,10 @@ fn p27_proxy_401_to_connect() {
 /// costing the attempt delay, not a share of the limit.
 fn ten_seconds_to_connect() -> Timeouts {
     let ten = Duration::from_secs(10);
-    Timeouts {
-        connect: ten,
-        federation_connect: ten,
-        request: Duration::from_secs(15),
-        ..quick()
-    }
+    quick()
+        .with_connect(ten)
+        .with_federation_connect(ten)
+        .with_request(Duration::from_secs(15))
 }
 
 /// Asserts egress logged that the attempt to `dead` was overtaken by one to

@@ -5,8 +5,10 @@ use std::str::FromStr;
 
 /// What an outbound connection is for. Each purpose knows whether it may
 /// use the proxy, which IP blocklist guards it and which TLS policy applies
-/// (`forward_proxy.md`, "Connection types").
+/// (`forward_proxy.md`, "Connection types"). `non_exhaustive`: Synapse
+/// adds connection types now and then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Purpose {
     /// Push gateway notifications.
     Push,

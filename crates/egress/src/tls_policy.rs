@@ -10,6 +10,7 @@ use crate::{ConfigError, HomeserverYaml, ProxyEnv, ProxySettings};
 
 /// The TLS settings (homeserver.yaml's TLS keys, or the builder's TLS setters).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsPolicy {
     /// `use_insecure_ssl_client_just_for_testing_do_not_use`: no certificate
     /// checks for non-federation HTTPS, to the proxy and to origins.

@@ -233,11 +233,9 @@ async fn unanswered_port() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpL
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_purpose_gets_its_own_connect_limit() {
     let (port, _queued, _listener) = unanswered_port().await;
-    let timeouts = Timeouts {
-        connect: Duration::from_millis(300),
-        federation_connect: Duration::from_millis(1200),
-        ..Timeouts::default()
-    };
+    let timeouts = Timeouts::DEFAULT
+        .with_connect(Duration::from_millis(300))
+        .with_federation_connect(Duration::from_millis(1200));
     let out = Outbound::builder(settings("ip_range_whitelist: ['127.0.0.0/8']\n"))
         .timeouts(timeouts)
         .build()

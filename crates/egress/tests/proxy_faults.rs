@@ -42,10 +42,7 @@ fn reply(chunks: &[&[u8]], relay: bool) -> Fault {
 }
 
 fn quick() -> Timeouts {
-    Timeouts {
-        connect_reply: Duration::from_secs(2),
-        ..Timeouts::default()
-    }
+    Timeouts::DEFAULT.with_connect_reply(Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,10 +242,7 @@ async fn a_stalled_response_body_times_out() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let settings = ProxySettings::none();
-    let timeouts = Timeouts {
-        body_idle: Duration::from_secs(1),
-        ..Timeouts::default()
-    };
+    let timeouts = Timeouts::DEFAULT.with_body_idle(Duration::from_secs(1));
     let out = Outbound::builder(settings)
         .timeouts(timeouts)
         .build()

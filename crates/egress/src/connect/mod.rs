@@ -41,7 +41,22 @@ use crate::route::Scheme;
 use crate::{Blocklist, Error, ProxyScheme, ProxySettings, ProxyUrl, Purpose, Route, TimeoutStep};
 
 /// Time limits. Every network wait has one.
+///
+/// Start from [`Timeouts::DEFAULT`] and change what you need, in a `const`
+/// too (the struct is `non_exhaustive`: a new limit is not a breaking
+/// change):
+///
+/// ```
+/// use std::time::Duration;
+/// use egress::Timeouts;
+///
+/// const QUICK: Timeouts = Timeouts::DEFAULT
+///     .with_connect(Duration::from_secs(3))
+///     .with_request(Duration::from_secs(5));
+/// assert_eq!(QUICK.connect_reply, Timeouts::default().connect_reply);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Name resolution plus TCP connect plus each TLS handshake (15 s).
     pub connect: Duration,
@@ -58,17 +73,51 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
-        Timeouts {
-            connect: Duration::from_secs(15),
-            federation_connect: Duration::from_secs(30),
-            connect_reply: Duration::from_secs(15),
-            request: Duration::from_secs(60),
-            body_idle: Duration::from_secs(60),
-        }
+        Timeouts::DEFAULT
     }
 }
 
 impl Timeouts {
+    /// The defaults: 15 s to connect (30 s for federation), 15 s for the
+    /// CONNECT reply, 60 s for a request and for a silent body.
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(15),
+        federation_connect: Duration::from_secs(30),
+        connect_reply: Duration::from_secs(15),
+        request: Duration::from_secs(60),
+        body_idle: Duration::from_secs(60),
+    };
+
+    /// With this [`connect`](Timeouts::connect) limit.
+    pub const fn with_connect(mut self, limit: Duration) -> Timeouts {
+        self.connect = limit;
+        self
+    }
+
+    /// With this [`federation_connect`](Timeouts::federation_connect) limit.
+    pub const fn with_federation_connect(mut self, limit: Duration) -> Timeouts {
+        self.federation_connect = limit;
+        self
+    }
+
+    /// With this [`connect_reply`](Timeouts::connect_reply) limit.
+    pub const fn with_connect_reply(mut self, limit: Duration) -> Timeouts {
+        self.connect_reply = limit;
+        self
+    }
+
+    /// With this [`request`](Timeouts::request) limit.
+    pub const fn with_request(mut self, limit: Duration) -> Timeouts {
+        self.request = limit;
+        self
+    }
+
+    /// With this [`body_idle`](Timeouts::body_idle) limit.
+    pub const fn with_body_idle(mut self, limit: Duration) -> Timeouts {
+        self.body_idle = limit;
+        self
+    }
+
     /// The connect limit for a purpose.
     pub fn connect_for(&self, purpose: Purpose) -> Duration {
         match purpose.tls() {

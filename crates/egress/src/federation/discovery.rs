@@ -13,6 +13,7 @@ use crate::Outbound;
 
 /// Where to connect for a server name, and what to call it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Resolution {
     /// The name TLS verifies and SNI carries (the delegated host, without port).
     pub tls_name: String,

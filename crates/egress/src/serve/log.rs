@@ -10,6 +10,7 @@ use crate::BlocklistKind;
 
 /// What serve decided for a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// Checked and relayed (the status says how the target answered).
     Allowed,

@@ -71,6 +71,7 @@ use crate::BlocklistKind;
 
 /// A listening address and the policy its clients get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Listen {
     /// Where to listen.
     pub addr: SocketAddr,
@@ -360,6 +361,7 @@ impl ServeHandle {
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Drained {
     /// Connections and tunnels still open when the drain limit passed
     /// (0: everything finished).

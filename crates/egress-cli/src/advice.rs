@@ -1,6 +1,6 @@
 //! What to do about an error: the library states facts, the CLI adds advice.
 
-use egress::{Error, ProxyCheck, ProxyCheckStep};
+use egress::{ConfigError, Error, ProxyCheck, ProxyCheckStep};
 
 /// The message for an error: its causes, then what to do, if there is advice.
 pub fn message(err: &Error) -> String {
@@ -42,6 +42,26 @@ pub fn hint(err: &Error) -> Option<String> {
         }
         _ => return None,
     })
+}
+
+/// What serve's admin can do about a configuration error, when there is
+/// something to say. The unit runs serve as a dynamic user, and Debian's
+/// Synapse packages make homeserver.yaml readable by group matrix-synapse
+/// only: the walk-through in the manual met exactly this.
+pub fn serve_config_hint(err: &ConfigError) -> Option<&'static str> {
+    match err {
+        ConfigError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Some(
+                "egress-serve.service runs as a dynamic user; if the file is readable by \
+                 group matrix-synapse only (mode 0640), run `systemctl edit egress-serve`, \
+                 add `[Service]` and `SupplementaryGroups=matrix-synapse`, then \
+                 `systemctl restart egress-serve`",
+            )
+        }
+        _ => None,
+    }
 }
 
 /// The hint for a failed doctor check.

@@ -175,10 +175,13 @@ impl Args {
     /// The policy from the settings (environment + homeserver.yaml) and the
     /// flags: read at start and on every SIGHUP.
     fn policy(&self) -> Result<ServePolicy, String> {
-        let settings = self
-            .config
-            .settings()
-            .map_err(|e| format!("configuration error: {e}"))?;
+        let settings =
+            self.config
+                .settings()
+                .map_err(|e| match crate::advice::serve_config_hint(&e) {
+                    Some(hint) => format!("configuration error: {e}\nhint: {hint}"),
+                    None => format!("configuration error: {e}"),
+                })?;
         let upstream = self
             .upstream
             .as_deref()

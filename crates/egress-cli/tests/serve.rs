@@ -1635,6 +1635,60 @@ fn check_validates_and_refuses_an_open_proxy() {
     assert_eq!(code, Some(2), "{text}");
 }
 
+/// A homeserver.yaml serve's user cannot read (Debian's Synapse packages
+/// make it 0640, group matrix-synapse; the unit runs serve as a dynamic
+/// user): exit 78, the file and the OS error named, and the systemd fix as
+/// the hint. Run as `nobody`, so it needs root (CI runs as root).
+#[test]
+fn an_unreadable_homeserver_yaml_names_the_file_and_hints_at_the_group() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the binary as nobody needs root");
+        return;
+    }
+    let dir = temp_dir("serve-unreadable");
+    let yaml = dir.join("homeserver.yaml");
+    std::fs::write(&yaml, "ip_range_blacklist: ['10.0.0.0/8']\n").unwrap();
+    std::fs::set_permissions(&yaml, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["serve", "--check", "--config"])
+        .arg(&yaml)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains(&format!("cannot read {}", yaml.display()))
+            && text.contains("Permission denied"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: egress-serve.service runs as a dynamic user")
+            && text.contains("SupplementaryGroups=matrix-synapse"),
+        "{text}"
+    );
+    // Readable, the same command passes: the hint is about the permission.
+    std::fs::set_permissions(&yaml, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["serve", "--check", "--config"])
+        .arg(&yaml)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A listener whose accept queue is full: Linux drops further SYNs, so a
 /// connect attempt hangs until the connect limit.
 fn unanswered_port() -> (u16, Vec<TcpStream>, socket_listener::Listener) {

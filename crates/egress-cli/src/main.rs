@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     // RUST_LOG, when set, decides instead.
     let verbose = matches!(&cli.command, Command::Fetch(args) if args.verbose());
     let default = if verbose {
-        "warn,egress::wire=info"
+        "warn,egress::wire=debug"
     } else if matches!(&cli.command, Command::Serve(_)) {
         "warn,egress::serve=info"
     } else {

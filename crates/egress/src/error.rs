@@ -208,6 +208,35 @@ impl Error {
         chain(self)
     }
 
+    /// The kind of error as a short, stable snake_case name, one per
+    /// variant: `config`, `bad_url`, `bad_redirect`, `refused`, `blocked`,
+    /// `resolve`, `connect`, `proxy_auth`, `proxy_forbidden`,
+    /// `proxy_unreachable`, `proxy_status`, `proxy_protocol`, `certificate`,
+    /// `tls`, `timeout`, `too_many_redirects`, `http`. It is the `outcome`
+    /// label of `egress_client_requests_total` and the `error.type` of the
+    /// request span: a bounded set, unlike the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::BadUrl { .. } => "bad_url",
+            Error::BadRedirect { .. } => "bad_redirect",
+            Error::Refused { .. } => "refused",
+            Error::Blocked { .. } => "blocked",
+            Error::Resolve { .. } => "resolve",
+            Error::Connect { .. } => "connect",
+            Error::ProxyAuth { .. } => "proxy_auth",
+            Error::ProxyForbidden { .. } => "proxy_forbidden",
+            Error::ProxyUnreachable { .. } => "proxy_unreachable",
+            Error::ProxyStatus { .. } => "proxy_status",
+            Error::ProxyProtocol { .. } => "proxy_protocol",
+            Error::Certificate { .. } => "certificate",
+            Error::Tls { .. } => "tls",
+            Error::Timeout { .. } => "timeout",
+            Error::TooManyRedirects(_) => "too_many_redirects",
+            Error::Http { .. } => "http",
+        }
+    }
+
     /// The proxy's status code, for the errors that carry one.
     pub fn proxy_status(&self) -> Option<http::StatusCode> {
         match self {

@@ -201,6 +201,7 @@ mod federation;
 pub mod fuzzing;
 #[cfg(feature = "yaml")]
 mod homeserver;
+mod instruments;
 mod ip_table;
 mod no_proxy;
 mod proxy_url;

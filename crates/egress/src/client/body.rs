@@ -14,6 +14,7 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::pool::{Pool, PoolKey};
 use super::RequestBody;
+use crate::instruments::Meter;
 use crate::{Error, TimeoutStep};
 
 /// Where a connection goes back to once its response is read.
@@ -34,16 +35,19 @@ pub struct Body {
     /// The idle timer, made on the first wait and re-armed at each new wait.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
+    /// The request's metrics, timed when the body ends or is dropped.
+    meter: Meter,
 }
 
 impl Body {
-    pub(crate) fn new(inner: Incoming, ret: Return, idle: Duration) -> Body {
+    pub(crate) fn new(inner: Incoming, ret: Return, idle: Duration, meter: Meter) -> Body {
         let mut body = Body {
             inner,
             ret: Some(ret),
             idle,
             timer: None,
             waiting: false,
+            meter,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -59,6 +63,7 @@ impl Body {
     }
 
     fn release(&mut self) {
+        self.meter.finish();
         if let Some(ret) = self.ret.take() {
             ret.pool.put(ret.key, ret.sender);
         }
@@ -95,6 +100,9 @@ impl HttpBody for Body {
             }
             Poll::Ready(frame) => {
                 this.waiting = false;
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    this.meter.body_bytes(data.len());
+                }
                 match &frame {
                     None => this.release(),
                     Some(Ok(_)) if this.inner.is_end_stream() => this.release(),

@@ -8,6 +8,7 @@ mod body;
 mod outbound;
 mod pool;
 mod redirect;
+mod span;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, PROXY_AUTHORIZATION};
@@ -15,6 +16,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tracing::Instrument as _;
 
 pub use self::body::Body;
 pub use self::outbound::{Outbound, OutboundBuilder};
@@ -24,6 +26,7 @@ pub use self::redirect::MAX_REDIRECTS;
 use self::body::Return;
 use self::pool::PoolKey;
 use crate::connect::{authority, target_of, Target};
+use crate::instruments::{Meter, RouteKind};
 use crate::purpose::TlsKind;
 use crate::{Error, Purpose, Route, TimeoutStep};
 
@@ -82,7 +85,9 @@ impl Client {
             uri.authority()
                 .map_or_else(|| uri.to_string(), |a| a.to_string())
         };
-        self.within_limit(peer, self.send_following(request)).await
+        let deadline = self.deadline();
+        self.within_limit(peer, deadline, self.send_following(request, deadline))
+            .await
     }
 
     /// Sends a request to `host:port` instead of the URL's authority, as
@@ -95,25 +100,31 @@ impl Client {
         port: u16,
     ) -> Result<Response<Body>, Error> {
         let tls = self.purpose.tls();
+        let deadline = self.deadline();
         self.within_limit(
             || authority(host, port),
-            self.send_once(request, tls, Some((host, port))),
+            deadline,
+            self.send_once(request, tls, Some((host, port)), 0, deadline),
         )
         .await
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.outbound.shared.timeouts.request
     }
 
     async fn within_limit(
         &self,
         peer: impl FnOnce() -> String,
+        deadline: tokio::time::Instant,
         exchange: impl std::future::Future<Output = Result<Response<Body>, Error>>,
     ) -> Result<Response<Body>, Error> {
-        let limit = self.outbound.shared.timeouts.request;
-        match tokio::time::timeout(limit, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 step: TimeoutStep::Response,
                 peer: peer(),
-                after: limit,
+                after: self.outbound.shared.timeouts.request,
             }),
         }
     }
@@ -121,6 +132,7 @@ impl Client {
     async fn send_following(
         &self,
         mut request: Request<RequestBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, Error> {
         let mut hops = 0;
         loop {
@@ -130,7 +142,7 @@ impl Client {
                 _ => self.purpose.tls(),
             };
             let next = (self.max_redirects > 0).then(|| clone_request(&request));
-            let response = self.send_once(request, tls, None).await?;
+            let response = self.send_once(request, tls, None, hops, deadline).await?;
             let Some(mut next) = next else {
                 return Ok(response);
             };
@@ -142,18 +154,23 @@ impl Client {
                 return Err(Error::TooManyRedirects(self.max_redirects));
             }
             let target = redirect::join(next.uri(), location)?;
-            tracing::info!(target: "egress::wire", "< redirect {} to {target}", status.as_u16());
+            tracing::debug!(target: "egress::wire", "< redirect {} to {target}", status.as_u16());
+            self.outbound.shared.instruments.redirect(self.purpose);
             redirect::rewrite(&mut next, status, target);
             request = next;
             hops += 1;
         }
     }
 
+    /// One exchange (one redirect hop), in its own span and measured.
+    /// `attempt` counts the hops before it (the span's resend count).
     async fn send_once(
         &self,
-        mut request: Request<RequestBody>,
+        request: Request<RequestBody>,
         tls: TlsKind,
         connect_to: Option<(&str, u16)>,
+        attempt: usize,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, Error> {
         let shared = &self.outbound.shared;
         let uri = request.uri().clone();
@@ -170,16 +187,58 @@ impl Client {
             target.host,
             target.port,
         );
-        match connect_to {
-            Some((host, port)) => {
-                tracing::info!(target: "egress::wire", "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
+        let kind = RouteKind::of(&route);
+        let span = span::request(
+            self.purpose,
+            &route,
+            kind,
+            request.method(),
+            &uri,
+            &target,
+            attempt,
+        );
+        let mut ended = span::Ended::new(span.clone(), deadline);
+        let mut meter = Meter::start(&shared.instruments, self.purpose, kind, deadline);
+        let up = http_body::Body::size_hint(request.body())
+            .exact()
+            .unwrap_or(0);
+        let exchange = self.exchange(request, &route, &target, &uri, connect_to, attempt);
+        match exchange.instrument(span).await {
+            Ok((response, ret)) => {
+                meter.response(response.status().as_u16(), up);
+                ended.status(response.status().as_u16());
+                let idle = shared.timeouts.body_idle;
+                Ok(response.map(|incoming| Body::new(incoming, ret, idle, meter)))
             }
-            None => {
-                tracing::info!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain())
+            Err(error) => {
+                ended.error(error.kind());
+                meter.failed(&error);
+                Err(error)
             }
         }
-        let key = PoolKey::new(&route, &target);
-        prepare(&mut request, &route, &target);
+    }
+
+    /// Connects (or reuses a pooled connection) and sends the request:
+    /// the response head and where its connection goes back to.
+    async fn exchange(
+        &self,
+        mut request: Request<RequestBody>,
+        route: &Route<'_>,
+        target: &Target<'_>,
+        uri: &Uri,
+        connect_to: Option<(&str, u16)>,
+        attempt: usize,
+    ) -> Result<(Response<hyper::body::Incoming>, Return), Error> {
+        match connect_to {
+            Some((host, port)) => {
+                tracing::debug!(target: "egress::wire", "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
+            }
+            None => {
+                tracing::debug!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain())
+            }
+        }
+        let key = PoolKey::new(route, target);
+        prepare(&mut request, route, target);
 
         let pooled = self.outbound.pool.checkout(&key).await;
         let reused = pooled.is_some();
@@ -188,15 +247,15 @@ impl Client {
                 tracing::debug!(?key, "reusing a pooled connection");
                 sender
             }
-            None => self.new_connection(&route, &target, &key).await?,
+            None => self.new_connection(route, target, &key).await?,
         };
         if let Route::Forward { proxy, .. } = route {
-            tracing::info!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
+            tracing::debug!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
             if let Some(credentials) = proxy.credentials() {
-                tracing::info!(target: "egress::wire", "> Proxy-Authorization: Basic *** (user {})", credentials.user());
+                tracing::debug!(target: "egress::wire", "> Proxy-Authorization: Basic *** (user {})", credentials.user());
             }
         } else {
-            tracing::info!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
+            tracing::debug!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
                 request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
         }
         // A server may close a keep-alive connection between requests, and the
@@ -224,7 +283,8 @@ impl Client {
                     });
                 };
                 tracing::debug!(?key, "the pooled connection ended before a response ({}): sending again on a new connection", failed.error());
-                sender = self.new_connection(&route, &target, &key).await?;
+                tracing::Span::current().record("http.request.resend_count", attempt + 1);
+                sender = self.new_connection(route, target, &key).await?;
                 sender
                     .send_request(request)
                     .await
@@ -234,7 +294,7 @@ impl Client {
                     })?
             }
         };
-        tracing::info!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
+        tracing::debug!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
         if let Route::Forward { proxy, .. } = route {
             // A forwarding proxy's own refusal: 407, or a 401 the proxy made
             // itself (tinyproxy does), told from an origin's 401 by the absence
@@ -264,8 +324,7 @@ impl Client {
             key,
             sender,
         };
-        let idle = shared.timeouts.body_idle;
-        Ok(response.map(|incoming| Body::new(incoming, ret, idle)))
+        Ok((response, ret))
     }
 
     /// Opens a connection for `route` and starts its HTTP/1.1 task.
@@ -287,7 +346,7 @@ impl Client {
                 peer: key.peer(),
                 source,
             })?;
-        let open = self.outbound.pool.opened();
+        let open = self.outbound.pool.opened(key.kind());
         tokio::spawn(async move {
             let _open = open;
             if let Err(e) = connection.await {

@@ -64,9 +64,14 @@ impl OutboundBuilder {
     pub fn build(self) -> Result<Outbound, Error> {
         let tls = TlsConfigs::new(self.settings.tls(), &self.extra_cas)?;
         let shared = Shared::new(self.settings, tls, self.timeouts, Arc::new(self.overrides));
+        let pool = Pool::new(
+            self.max_idle_per_key,
+            self.idle_timeout,
+            shared.instruments.clone(),
+        );
         Ok(Outbound {
             shared: Arc::new(shared),
-            pool: Arc::new(Pool::new(self.max_idle_per_key, self.idle_timeout)),
+            pool: Arc::new(pool),
         })
     }
 }

@@ -17,14 +17,15 @@ use hyper::client::conn::http1::SendRequest;
 
 use super::RequestBody;
 use crate::connect::Target;
+use crate::instruments::{Instruments, RouteKind};
 use crate::purpose::TlsKind;
 use crate::{Route, Scheme};
 
 /// What a pooled connection is for: the same key means the same path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
-    /// `direct`, `forward` or `tunnel`.
-    kind: &'static str,
+    /// Direct, forward or tunnel.
+    kind: RouteKind,
     /// The proxy (`scheme://host:port`, no credentials), if any.
     proxy: Option<String>,
     /// The origin, except for forwarding (shared across origins).
@@ -45,7 +46,7 @@ impl PoolKey {
         };
         match route {
             Route::Forward { proxy: p, .. } => PoolKey {
-                kind: "forward",
+                kind: RouteKind::Forward,
                 // Credentials are part of what the proxy sees on every request.
                 proxy: proxy
                     .map(|s| format!("{s}#{}", p.credentials().map(|c| c.user()).unwrap_or(""))),
@@ -53,18 +54,23 @@ impl PoolKey {
                 tls: None,
             },
             Route::Tunnel { .. } => PoolKey {
-                kind: "tunnel",
+                kind: RouteKind::Tunnel,
                 proxy,
                 origin: origin(),
                 tls: tls(),
             },
             _ => PoolKey {
-                kind: "direct",
+                kind: RouteKind::Direct,
                 proxy: None,
                 origin: origin(),
                 tls: tls(),
             },
         }
+    }
+
+    /// Direct, forward or tunnel.
+    pub(crate) fn kind(&self) -> RouteKind {
+        self.kind
     }
 
     /// The origin or the proxy, for messages.
@@ -85,28 +91,67 @@ struct Idle {
 #[derive(Default)]
 struct State {
     idle: HashMap<PoolKey, Vec<Idle>>,
+    /// Idle connections by route kind (direct, forward, tunnel), for the
+    /// pool gauges.
+    idle_by_route: [usize; 3],
     /// A reaper task is running.
     reaping: bool,
 }
+
+impl State {
+    /// Removes idle connections of `key` that `keep` refuses, and the key
+    /// once empty; keeps the count by route.
+    fn prune(&mut self, key: &PoolKey, keep: impl FnMut(&Idle) -> bool) {
+        let Some(list) = self.idle.get_mut(key) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(keep);
+        self.idle_by_route[slot(key.kind)] -= before - list.len();
+        if list.is_empty() {
+            self.idle.remove(key);
+        }
+    }
+}
+
+/// The index of a pooled route kind (a refused route has no connection).
+fn slot(kind: RouteKind) -> usize {
+    match kind {
+        RouteKind::Direct | RouteKind::Refused => 0,
+        RouteKind::Forward => 1,
+        RouteKind::Tunnel => 2,
+    }
+}
+
+const KINDS: [RouteKind; 3] = [RouteKind::Direct, RouteKind::Forward, RouteKind::Tunnel];
 
 /// Idle connections by key.
 pub(crate) struct Pool {
     state: Mutex<State>,
     max_idle_per_key: usize,
     idle_timeout: Duration,
-    /// Connections open, idle or not: from the HTTP handshake until the
-    /// connection's task ends.
-    open: Arc<AtomicUsize>,
+    /// Connections open, idle or not, by route kind: from the HTTP
+    /// handshake until the connection's task ends.
+    open: Arc<[AtomicUsize; 3]>,
+    instruments: Arc<Instruments>,
 }
 
 /// Counts one open connection for as long as it lives (held by the
 /// connection's task, so it ends when the connection ends or its runtime
-/// shuts down).
-pub(crate) struct OpenConnection(Arc<AtomicUsize>);
+/// shuts down). Holds the pool weakly: connections do not keep it alive.
+pub(crate) struct OpenConnection {
+    open: Arc<[AtomicUsize; 3]>,
+    kind: RouteKind,
+    pool: Weak<Pool>,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open[slot(self.kind)].fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.pool.upgrade() {
+            let state = pool.lock();
+            pool.gauge(&state, self.kind);
+        }
     }
 }
 
@@ -127,19 +172,40 @@ pub struct PoolStats {
 }
 
 impl Pool {
-    pub(crate) fn new(max_idle_per_key: usize, idle_timeout: Duration) -> Pool {
+    pub(crate) fn new(
+        max_idle_per_key: usize,
+        idle_timeout: Duration,
+        instruments: Arc<Instruments>,
+    ) -> Pool {
         Pool {
             state: Mutex::new(State::default()),
             max_idle_per_key,
             idle_timeout,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::default(),
+            instruments,
         }
     }
 
     /// Counts a new connection as open until the returned guard is dropped.
-    pub(crate) fn opened(&self) -> OpenConnection {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(self.open.clone())
+    pub(crate) fn opened(self: &Arc<Self>, kind: RouteKind) -> OpenConnection {
+        self.open[slot(kind)].fetch_add(1, Ordering::Relaxed);
+        let state = self.lock();
+        self.gauge(&state, kind);
+        OpenConnection {
+            open: self.open.clone(),
+            kind,
+            pool: Arc::downgrade(self),
+        }
+    }
+
+    /// Sets the pool gauges of a route kind (under the lock, so that the
+    /// idle count and the open count are read together).
+    fn gauge(&self, state: &State, kind: RouteKind) {
+        let i = slot(kind);
+        let idle = state.idle_by_route[i];
+        let open = self.open[i].load(Ordering::Relaxed);
+        self.instruments
+            .pool(KINDS[i], idle, open.saturating_sub(idle));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -157,7 +223,9 @@ impl Pool {
             // closes in between is at most momentarily missing from both.
             busy_connections: self
                 .open
-                .load(Ordering::Relaxed)
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum::<usize>()
                 .saturating_sub(idle_connections),
         }
     }
@@ -167,15 +235,17 @@ impl Pool {
         loop {
             let mut candidate = {
                 let mut state = self.lock();
-                let list = state.idle.get_mut(key)?;
                 let now = Instant::now();
-                list.retain(|c| {
+                state.prune(key, |c| {
                     !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
                 });
-                let candidate = list.pop();
-                if list.is_empty() {
-                    state.idle.remove(key);
+                let list = state.idle.get_mut(key);
+                let candidate = list.and_then(Vec::pop);
+                if candidate.is_some() {
+                    state.idle_by_route[slot(key.kind)] -= 1;
+                    state.prune(key, |_| true);
                 }
+                self.gauge(&state, key.kind);
                 candidate?
             };
             if candidate.sender.is_ready() {
@@ -197,6 +267,7 @@ impl Pool {
             return;
         }
         let mut state = self.lock();
+        let kind = key.kind;
         let list = state.idle.entry(key).or_default();
         if list.len() >= self.max_idle_per_key {
             return;
@@ -205,6 +276,8 @@ impl Pool {
             sender,
             since: Instant::now(),
         });
+        state.idle_by_route[slot(kind)] += 1;
+        self.gauge(&state, kind);
         if !state.reaping {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 state.reaping = true;
@@ -217,12 +290,20 @@ impl Pool {
     fn reap(&self) -> bool {
         let mut state = self.lock();
         let now = Instant::now();
-        state.idle.retain(|_, list| {
+        let mut by_route = [0; 3];
+        state.idle.retain(|key, list| {
             list.retain(|c| {
                 !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
             });
+            by_route[slot(key.kind)] += list.len();
             !list.is_empty()
         });
+        if by_route != state.idle_by_route {
+            state.idle_by_route = by_route;
+            for kind in KINDS {
+                self.gauge(&state, kind);
+            }
+        }
         if state.idle.is_empty() {
             state.reaping = false;
             true

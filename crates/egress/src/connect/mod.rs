@@ -35,6 +35,7 @@ use tower_service::Service;
 use self::resolve::{BlocklistResolver, Overrides};
 use self::stream::{ConnectedStream, Stream};
 use self::tls::TlsConfigs;
+use crate::instruments::{list_name, Clock, ConnectStep, Instruments};
 use crate::proxy_url::unbracket;
 use crate::purpose::{BlocklistKind, TlsKind};
 use crate::route::Scheme;
@@ -136,6 +137,8 @@ pub(crate) struct Shared {
     /// The resolvers of direct connections, one per blocklist (none, for
     /// proxies; general, federation, URL preview).
     resolvers: [BlocklistResolver; 4],
+    /// The metrics (nothing without the `metrics` feature).
+    pub(crate) instruments: Arc<Instruments>,
 }
 
 impl Shared {
@@ -159,6 +162,7 @@ impl Shared {
             tls,
             timeouts,
             resolvers,
+            instruments: Arc::new(Instruments::new()),
         }
     }
 
@@ -211,12 +215,25 @@ impl Connector {
     }
 
     /// Makes the connection `route` describes to `target`. Crate-private: the
-    /// route must come from the decision, never from a caller.
+    /// route must come from the decision, never from a caller. Each step is
+    /// timed, and a blocklist's refusal counted, in the metrics.
     pub(crate) async fn connect(
         &self,
         route: &Route<'_>,
         target: &Target<'_>,
     ) -> Result<Stream, Error> {
+        let result = self.connect_steps(route, target).await;
+        if let Err(Error::Refused { .. } | Error::Blocked { .. }) = &result {
+            if let Some(list) = self.purpose.blocklist() {
+                self.shared
+                    .instruments
+                    .refused(self.purpose, list_name(list));
+            }
+        }
+        result
+    }
+
+    async fn connect_steps(&self, route: &Route<'_>, target: &Target<'_>) -> Result<Stream, Error> {
         let shared = &self.shared;
         let connect_limit = shared.timeouts.connect_for(self.purpose);
         let authority = tunnel::authority(target.host, target.port);
@@ -228,10 +245,12 @@ impl Connector {
             Route::Direct { blocklist, .. } => {
                 // The route's list is the purpose's (none for purposes without one).
                 let resolver = shared.resolver_for(blocklist.and(self.purpose.blocklist()));
+                let clock = Clock::start();
                 let stream = tcp_connect(resolver, target.host, target.port, connect_limit, || {
                     authority.clone()
                 })
                 .await?;
+                self.took(ConnectStep::Tcp, clock);
                 match target.scheme {
                     Scheme::Http => Ok(stream),
                     Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
@@ -240,9 +259,11 @@ impl Connector {
             Route::Forward { proxy, .. } => self.proxy_stream(proxy, connect_limit).await,
             Route::Tunnel { proxy, .. } => {
                 let stream = self.proxy_stream(proxy, connect_limit).await?;
+                let clock = Clock::start();
                 let stream = self
                     .tunnel(stream, proxy, "https_proxy", &authority, None)
                     .await?;
+                self.took(ConnectStep::Connect, clock);
                 match target.scheme {
                     Scheme::Http => Ok(stream),
                     Scheme::Https => self.origin_tls(stream, target, connect_limit).await,
@@ -251,16 +272,31 @@ impl Connector {
         }
     }
 
+    /// A connect step succeeded `since` the clock started.
+    #[inline(always)]
+    fn took(&self, step: ConnectStep, since: Clock) {
+        self.shared
+            .instruments
+            .connect_step(self.purpose, step, since.elapsed());
+    }
+
     /// TCP (and TLS for an `https://` proxy) to the proxy.
     pub(crate) async fn proxy_stream(
         &self,
         proxy: &ProxyUrl,
         limit: Duration,
     ) -> Result<Stream, Error> {
+        let clock = Clock::start();
         let stream = self.proxy_tcp(proxy).await?;
+        self.took(ConnectStep::Tcp, clock);
         match proxy.scheme() {
             ProxyScheme::Http => Ok(stream),
-            ProxyScheme::Https => self.proxy_tls(stream, proxy, limit).await,
+            ProxyScheme::Https => {
+                let clock = Clock::start();
+                let stream = self.proxy_tls(stream, proxy, limit).await?;
+                self.took(ConnectStep::ProxyTls, clock);
+                Ok(stream)
+            }
         }
     }
 
@@ -332,7 +368,10 @@ impl Connector {
     ) -> Result<Stream, Error> {
         let name = unbracket(target.server_name);
         let config = self.shared.tls.config(target.tls, name);
-        handshake(stream, config, name, name.to_owned(), false, limit).await
+        let clock = Clock::start();
+        let stream = handshake(stream, config, name, name.to_owned(), false, limit).await?;
+        self.took(ConnectStep::Tls, clock);
+        Ok(stream)
     }
 
     /// Connects to `host:port` the way a request to a discovered federation

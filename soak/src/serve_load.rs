@@ -2439,7 +2439,7 @@ fn account(sh: &Shared, m: Option<&BTreeMap<String, f64>>, allow_drops: bool) ->
         bytes_up += v["bytes_up"].as_u64().unwrap_or(0);
         bytes_down += v["bytes_down"].as_u64().unwrap_or(0);
         let client = v["client"].as_str().and_then(|c| c.parse().ok());
-        let connect = v["method"] == "CONNECT";
+        let connect = v["http.request.method"] == "CONNECT";
         let target = v["target"].as_str().unwrap_or("").to_owned();
         let Some(client) = client else {
             a.extra += 1;
@@ -2459,7 +2459,7 @@ fn account(sh: &Shared, m: Option<&BTreeMap<String, f64>>, allow_drops: bool) ->
             continue;
         };
         let dec = Dec::parse(decision);
-        let status = v["status"].as_u64().unwrap_or(0) as u16;
+        let status = v["http.response.status_code"].as_u64().unwrap_or(0) as u16;
         // The request this line is for: the first with the same answer.
         let pick = candidates
             .iter()
@@ -2488,12 +2488,12 @@ fn account(sh: &Shared, m: Option<&BTreeMap<String, f64>>, allow_drops: bool) ->
             None => problems.push("the client got no answer".to_owned()),
         }
         if dec == Some(Dec::Allowed) {
-            let upstream = !v["upstream"].is_null();
+            let upstream = !v["egress.proxy"].is_null();
             let want = r.route == Route::Parent;
             if upstream != want {
                 problems.push(format!(
                     "upstream {} for a {:?} route",
-                    v["upstream"], r.route
+                    v["egress.proxy"], r.route
                 ));
             }
         }

@@ -484,7 +484,7 @@ fn connect_as_synapse_and_as_egress_send_it() {
     assert!(answer.ends_with("hello"), "{answer}");
     drop(tcp);
     let record = serve.record(|r| {
-        r["method"] == "CONNECT"
+        r["http.request.method"] == "CONNECT"
             && r["target"]
                 .as_str()
                 .unwrap()
@@ -492,7 +492,7 @@ fn connect_as_synapse_and_as_egress_send_it() {
     });
     assert_eq!(record["decision"], "allowed");
     assert_eq!(record["resolved"], format!("127.0.0.1:{}", echo.port));
-    assert_eq!(record["status"], 200);
+    assert_eq!(record["http.response.status_code"], 200);
     assert!(record["bytes_up"].as_u64().unwrap() >= 80, "{record}");
     assert!(record["bytes_down"].as_u64().unwrap() >= 5, "{record}");
 
@@ -690,7 +690,7 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     assert_eq!((allowed.accepted(), blocked.accepted()), (0, 0));
     let record = serve.record(|r| r["target"].as_str().unwrap().starts_with("mixed.test"));
     assert_eq!(record["decision"], "denied");
-    assert_eq!(record["status"], 403);
+    assert_eq!(record["http.response.status_code"], 403);
     serve_row(
         "S01",
         "target name whose DNS answer holds one blocked address",
@@ -787,6 +787,11 @@ fn one_blocked_address_refuses_the_whole_name_and_the_denial_names_the_range() {
     let metrics = serve.metrics();
     assert!(
         metrics.contains(r#"egress_serve_requests_total{decision="denied",reason="ip_blocked"} 5"#),
+        "{metrics}"
+    );
+    // The same fact by list, named as the library's egress_client_refusals_total.
+    assert!(
+        metrics.contains(r#"egress_serve_refusals_total{list="general"} 5"#),
         "{metrics}"
     );
     assert!(
@@ -1063,7 +1068,7 @@ fn through_a_parent_each_checked_address_is_its_own_connect() {
     assert!(took < Duration::from_millis(1500), "{took:?}");
     let record = serve.record(|r| r["target"] == target.as_str());
     assert_eq!(record["resolved"], live.as_str(), "{record}");
-    assert_eq!(record["upstream"], tiny.as_str(), "{record}");
+    assert_eq!(record["egress.proxy"], tiny.as_str(), "{record}");
     assert!(
         serve.stderr().contains(&overtaken(&dead, &live)),
         "{}",
@@ -1324,7 +1329,7 @@ fn chaining_asks_squid_for_the_checked_address_never_the_name() {
         .is_empty());
     let record = serve.record(|r| r["target"] == format!("localhost:{}", w.https_origin.port));
     assert_eq!(
-        record["upstream"],
+        record["egress.proxy"],
         format!("http://127.0.0.1:{}", w.squid.open_port)
     );
 
@@ -1465,8 +1470,8 @@ fn a_forwarding_loop_through_a_parent_is_refused_on_its_first_return() {
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     let body = String::from_utf8_lossy(&read_body(&mut BufReader::new(tcp), &head)).into_owned();
     assert!(body.contains("508 Loop Detected"), "{body}");
-    let refused = serve.record(|r| r["status"] == 508);
-    assert_eq!(refused["method"], "CONNECT");
+    let refused = serve.record(|r| r["http.response.status_code"] == 508);
+    assert_eq!(refused["http.request.method"], "CONNECT");
     let reason = refused["reason"].as_str().unwrap();
     assert!(
         reason.starts_with("forwarding loop") && reason.contains(&name),
@@ -1972,7 +1977,7 @@ fn bytes_sent_with_the_connect_count_up_direct_and_through_an_https_parent() {
         );
         drop(tcp);
         let record = serve.record(|r| r["target"] == format!("127.0.0.1:{}", echo.port));
-        assert_eq!(record["upstream"].as_str(), upstream, "{record}");
+        assert_eq!(record["egress.proxy"].as_str(), upstream, "{record}");
         assert_eq!(
             record["bytes_up"].as_u64().unwrap(),
             request.len() as u64,

@@ -433,12 +433,12 @@ fn federation_key_query_goes_through_serve() {
     // serve let the CONNECT through to exactly the address it checked.
     let b_target = s.b_name.clone();
     let line = serve_line(s, Duration::from_secs(30), |l| {
-        l["method"] == "CONNECT" && l["target"] == b_target.as_str()
+        l["http.request.method"] == "CONNECT" && l["target"] == b_target.as_str()
     });
     assert_eq!(line["decision"], "allowed", "{line}");
     assert_eq!(line["policy"], "federation", "{line}");
     assert_eq!(line["resolved"], s.b_front.to_string().as_str(), "{line}");
-    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["http.response.status_code"], 200, "{line}");
     assert!(
         line["reason"].as_str().unwrap_or("").starts_with("checked"),
         "{line}"
@@ -475,9 +475,9 @@ fn url_preview_of_a_name_resolving_to_loopback_is_denied_by_serve() {
     assert_eq!(evil_connections(s), 0, "serve connected to the evil origin");
     let line = serve_line(s, Duration::from_secs(10), |l| l["target"] == url.as_str());
     assert_eq!(line["decision"], "denied", "{line}");
-    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["http.request.method"], "GET", "{line}");
     assert_eq!(line["policy"], "url_preview", "{line}");
-    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(line["http.response.status_code"], 403, "{line}");
     assert_eq!(line["resolved"], Value::Null, "{line}");
     assert_eq!(
         line["reason"],
@@ -493,10 +493,10 @@ fn url_preview_of_a_name_resolving_to_loopback_is_denied_by_serve() {
     assert_eq!(evil_connections(s), 0, "serve connected to the evil origin");
     let target = format!("evil.test:{}", s.evil_port);
     let line = serve_line(s, Duration::from_secs(10), |l| {
-        l["method"] == "CONNECT" && l["target"] == target.as_str()
+        l["http.request.method"] == "CONNECT" && l["target"] == target.as_str()
     });
     assert_eq!(line["decision"], "denied", "{line}");
-    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(line["http.response.status_code"], 403, "{line}");
     assert_eq!(line["resolved"], Value::Null, "{line}");
     assert_eq!(
         line["reason"],
@@ -518,7 +518,7 @@ fn url_preview_of_a_name_resolving_to_loopback_is_denied_by_serve() {
     let line = serve_line(s, Duration::from_secs(10), |l| l["target"] == url.as_str());
     assert_eq!(line["decision"], "allowed", "{line}");
     assert_eq!(line["policy"], "url_preview", "{line}");
-    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["http.response.status_code"], 200, "{line}");
     assert_eq!(
         line["resolved"],
         format!("{GOOD_IP}:{}", s.good_port).as_str(),

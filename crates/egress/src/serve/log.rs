@@ -79,7 +79,7 @@ impl RequestLog {
         string(&mut out, "time", &rfc3339(self.time));
         string(&mut out, "client", &self.client.to_string());
         string(&mut out, "policy", super::policy_name(self.policy));
-        string(&mut out, "method", &self.method);
+        string(&mut out, "http.request.method", &self.method);
         string(&mut out, "target", &self.target);
         match self.resolved {
             Some(addr) => string(&mut out, "resolved", &addr.to_string()),
@@ -88,13 +88,13 @@ impl RequestLog {
         string(&mut out, "decision", self.decision.as_str());
         string(&mut out, "reason", &self.reason);
         match &self.upstream {
-            Some(upstream) => string(&mut out, "upstream", upstream),
-            None => out.extend_from_slice(b"\"upstream\":null,"),
+            Some(upstream) => string(&mut out, "egress.proxy", upstream),
+            None => out.extend_from_slice(b"\"egress.proxy\":null,"),
         }
         let millis = (self.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         let _ = write!(
             out,
-            "\"status\":{},\"bytes_up\":{},\"bytes_down\":{},\"duration_ms\":{}}}",
+            "\"http.response.status_code\":{},\"bytes_up\":{},\"bytes_down\":{},\"duration_ms\":{}}}",
             self.status, self.bytes_up, self.bytes_down, millis
         );
         String::from_utf8(out).expect("JSON is UTF-8")
@@ -151,10 +151,10 @@ mod tests {
             value,
             serde_json::json!({
                 "time": "1970-01-01T00:00:00.000Z", "client": "127.0.0.1:5000",
-                "policy": "url_preview", "method": "GET", "target": "http://x.test/\"quoted\"\n",
+                "policy": "url_preview", "http.request.method": "GET", "target": "http://x.test/\"quoted\"\n",
                 "resolved": null, "decision": "denied",
                 "reason": "10.0.0.5 is in 10.0.0.0/8 of ip_range_blacklist",
-                "upstream": "http://corp:8080", "status": 403, "bytes_up": 1, "bytes_down": 2,
+                "egress.proxy": "http://corp:8080", "http.response.status_code": 403, "bytes_up": 1, "bytes_down": 2,
                 "duration_ms": 1.5,
             })
         );

@@ -16,6 +16,11 @@ pub(crate) struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListLabels {
+    pub(crate) list: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DirectionLabels {
     pub(crate) direction: &'static str,
 }
@@ -23,6 +28,8 @@ pub(crate) struct DirectionLabels {
 pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) requests: Family<RequestLabels, Counter>,
+    /// By blocklist, as the client's `egress_client_refusals_total`.
+    pub(crate) refusals: Family<ListLabels, Counter>,
     pub(crate) active_tunnels: Gauge,
     pub(crate) bytes: Family<DirectionLabels, Counter>,
     pub(crate) dns_seconds: Histogram,
@@ -40,6 +47,7 @@ impl Metrics {
     pub(crate) fn new(heap_in_use: Option<fn() -> u64>) -> Metrics {
         let mut registry = Registry::with_prefix("egress_serve");
         let requests = Family::<RequestLabels, Counter>::default();
+        let refusals = Family::<ListLabels, Counter>::default();
         let active_tunnels = Gauge::default();
         let bytes = Family::<DirectionLabels, Counter>::default();
         // 0.5 ms .. ~16 s
@@ -53,6 +61,11 @@ impl Metrics {
             "requests",
             "Requests (CONNECT and forwarded) by decision and reason",
             requests.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests refused because an address of the target is in the listener's blocklist, by list (general, federation, url_preview)",
+            refusals.clone(),
         );
         registry.register(
             "active_tunnels",
@@ -102,6 +115,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            refusals,
             active_tunnels,
             bytes,
             dns_seconds,
@@ -118,6 +132,10 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { decision, reason })
             .inc();
+    }
+
+    pub(crate) fn refused(&self, list: &'static str) {
+        self.refusals.get_or_create(&ListLabels { list }).inc();
     }
 
     pub(crate) fn bytes(&self, up: u64, down: u64) {

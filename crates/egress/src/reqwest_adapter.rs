@@ -15,6 +15,7 @@ use ::reqwest::redirect::{Attempt, Policy};
 use ::reqwest::{ClientBuilder, Proxy, Url};
 
 use crate::connect::resolve::{self, BlocklistResolver};
+use crate::instruments::{list_name, Instruments};
 use crate::route::Scheme;
 use crate::{Error, Host, ProxySettings, ProxyUrl, Purpose, Route, Timeouts, MAX_REDIRECTS};
 
@@ -38,6 +39,8 @@ struct Inner {
     /// The proxies' host names: never checked against a blocklist.
     exempt: Vec<String>,
     resolver: Option<AppResolver>,
+    /// The metrics (feature `metrics`): refusals by list.
+    instruments: Arc<Instruments>,
 }
 
 impl fmt::Debug for Routing {
@@ -77,6 +80,7 @@ impl Routing {
                 https_proxy,
                 exempt,
                 resolver: None,
+                instruments: Arc::new(Instruments::new()),
             }),
         }
     }
@@ -102,6 +106,7 @@ impl Routing {
             https_proxy: shared.https_proxy.clone(),
             exempt: shared.exempt.clone(),
             resolver: shared.resolver.clone(),
+            instruments: shared.instruments.clone(),
         });
         f(&mut inner);
         Routing {
@@ -184,6 +189,8 @@ impl Routing {
             open: BlocklistResolver::new(None, Arc::default()),
             exempt: self.inner.exempt.clone(),
             app: self.inner.resolver.clone(),
+            purpose,
+            instruments: self.inner.instruments.clone(),
         })
     }
 
@@ -353,6 +360,9 @@ impl Inner {
         match Route::decide(&self.settings, purpose, &uri) {
             Route::Refused { reason } => {
                 let bad_url = !matches!(reason, crate::Reason::BlockedAddress(_));
+                if let (false, Some(list)) = (bad_url, purpose.blocklist()) {
+                    self.instruments.refused(purpose, list_name(list));
+                }
                 Some(RefusedHop {
                     url: url.to_string(),
                     reason: reason.to_string(),
@@ -404,9 +414,24 @@ struct GuardedResolver {
     open: BlocklistResolver,
     exempt: Vec<String>,
     app: Option<AppResolver>,
+    purpose: Purpose,
+    instruments: Arc<Instruments>,
 }
 
 impl GuardedResolver {
+    /// Counts a blocklist's refusal of a name in the metrics.
+    fn count_refusal(
+        instruments: &Instruments,
+        purpose: Purpose,
+        err: &(dyn std::error::Error + 'static),
+    ) {
+        if let (Some(crate::Error::Blocked { .. }), Some(list)) =
+            (resolve::resolver_verdict(err), purpose.blocklist())
+        {
+            instruments.refused(purpose, list_name(list));
+        }
+    }
+
     fn is_exempt(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.');
         self.exempt
@@ -422,18 +447,24 @@ impl Resolve for GuardedResolver {
         match &self.app {
             None => {
                 let resolver = if exempt { &self.open } else { &self.guarded }.clone();
+                let (instruments, purpose) = (self.instruments.clone(), self.purpose);
                 Box::pin(async move {
-                    let addrs = resolver.resolve(&host).await?;
+                    let addrs = resolver.resolve(&host).await.inspect_err(|e| {
+                        GuardedResolver::count_refusal(&instruments, purpose, e);
+                    })?;
                     Ok(Box::new(addrs.into_iter()) as Addrs)
                 })
             }
             Some(app) => {
                 let answer = app.resolve(name);
                 let checker = self.guarded.clone();
+                let (instruments, purpose) = (self.instruments.clone(), self.purpose);
                 Box::pin(async move {
                     let addrs: Vec<SocketAddr> = answer.await?.collect();
                     if !exempt {
-                        checker.check_answer(&host, &addrs)?;
+                        checker.check_answer(&host, &addrs).inspect_err(|e| {
+                            GuardedResolver::count_refusal(&instruments, purpose, e);
+                        })?;
                     }
                     Ok(Box::new(addrs.into_iter()) as Addrs)
                 })
@@ -558,6 +589,8 @@ mod tests {
             open: BlocklistResolver::new(None, Arc::default()),
             exempt: r.inner.exempt.clone(),
             app: None,
+            purpose: Purpose::Push,
+            instruments: r.inner.instruments.clone(),
         };
         assert!(resolver.is_exempt("Proxy.Internal."));
         assert!(!resolver.is_exempt("other.internal"));

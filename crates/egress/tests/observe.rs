@@ -552,3 +552,52 @@ fn a_thousand_destinations_add_no_series() {
         });
     });
 }
+
+/// Through the reqwest adapter, egress sees only its resolver and the
+/// decision: refusals are counted (a name the resolver refuses, an IP
+/// literal `Routing::check` refuses); requests, statuses and times are
+/// reqwest's (the manual's observability page says what to add for them).
+#[cfg(feature = "reqwest")]
+#[test]
+fn the_reqwest_adapter_counts_refusals_by_list() {
+    use egress::reqwest::Routing;
+    let w = world();
+    Observed::run(|o| {
+        runtime().block_on(async {
+            let env = ProxyEnv::from_vars([("", "")]);
+            let settings = ProxySettings::new(&env, None).unwrap();
+            let routing = Routing::new(Arc::new(settings));
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            let builder = reqwest::Client::builder().tls_backend_preconfigured(tls);
+            let client = routing.configure(Purpose::Push, builder).build().unwrap();
+            // localhost resolves to loopback: the default blocklist refuses it.
+            let err = client
+                .get(w.http_origin.url("localhost", "/"))
+                .send()
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(routing.classify(&err), Some(Error::Blocked { .. })),
+                "{err}"
+            );
+            let literal = w.http_origin.url("127.0.0.1", "/").parse().unwrap();
+            assert!(routing.check(Purpose::UrlPreview, &literal).is_err());
+
+            let snap = o.snapshot();
+            let refusals = |purpose, list| {
+                snap.counter(
+                    "egress_client_refusals_total",
+                    &[("purpose", purpose), ("list", list)],
+                )
+            };
+            assert_eq!(refusals("push", "general"), 1);
+            assert_eq!(refusals("url_preview", "url_preview"), 1);
+        });
+    });
+}

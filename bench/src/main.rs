@@ -159,6 +159,44 @@ fn egress_settings(proxy: Option<&str>) -> Result<egress::ProxySettings, BoxErro
     Ok(egress::ProxySettings::new(&env, Some(&yaml))?)
 }
 
+/// `egress+obs`: the Prometheus exporter as the `metrics` recorder (rendered
+/// once at the end, as a scrape) and a JSON subscriber at info writing a
+/// line per request span (to a sink: the formatting is measured, not the
+/// write).
+#[cfg(feature = "obs")]
+fn observe() -> Result<(), BoxError> {
+    let buckets: Vec<f64> = (0..15).map(|i| 0.001 * 2f64.powi(i)).collect();
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&buckets)?
+        .install_recorder()?;
+    let _ = PROMETHEUS.set(handle);
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_current_span(false)
+        .with_writer(std::io::sink)
+        .init();
+    Ok(())
+}
+
+#[cfg(feature = "obs")]
+static PROMETHEUS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+#[cfg(not(feature = "obs"))]
+fn observe() -> Result<(), BoxError> {
+    Err("egress+obs needs egress-bench built with --features obs".into())
+}
+
+/// The Prometheus text's line count, for `egress+obs` (rendered once).
+fn scrape_lines() -> Option<usize> {
+    #[cfg(feature = "obs")]
+    return PROMETHEUS.get().map(|h| h.render().lines().count());
+    #[cfg(not(feature = "obs"))]
+    None
+}
+
 /// One of the Rust clients (egress, reqwest, reqwest configured by
 /// `egress::reqwest::Routing`), behind one call.
 #[derive(Clone)]
@@ -173,7 +211,10 @@ impl Impl {
             check_loopback(p)?;
         }
         match name {
-            "egress" => {
+            "egress" | "egress+obs" => {
+                if name == "egress+obs" {
+                    observe()?;
+                }
                 let settings = egress_settings(proxy)?;
                 let outbound = egress::Outbound::builder(settings)
                     .add_ca_file(ca)
@@ -321,8 +362,10 @@ async fn client(opts: &HashMap<String, String>) -> Result<serde_json::Value, Box
         Impl::Reqwest(_) => None,
     };
     let first_error = first_error.lock().unwrap().take();
+    let scrape = scrape_lines();
     Ok(serde_json::json!({
         "impl": name,
+        "metrics_lines": scrape,
         "scenario": scenario,
         "concurrency": concurrency,
         "requests": done,

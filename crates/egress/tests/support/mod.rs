@@ -259,12 +259,24 @@ pub fn start_once<T: Send + Sync>(
     }
 }
 
+/// A port nothing listens on, for a server a test starts. Taken below the
+/// kernel's ephemeral range (32768-60999 on Linux), where the source ports of
+/// the suite's own outgoing connections come from: a port the kernel handed
+/// out (`bind(:0)`) could become a connection's source port before the
+/// server binds it ("Address already in use", seen in CI). A process-wide
+/// sequence from a per-process start keeps the tests of one binary apart.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 20_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 20_000, "no free port below the ephemeral range");
+        let port = 10_000 + ((start + n * 7) % 20_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn wait_for_port(child: &mut Child, port: u16, what: &str, log: &Path) {

@@ -174,7 +174,8 @@ fn observe() -> Result<(), BoxError> {
         .json()
         .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .with_writer(std::io::sink)
         .init();
     Ok(())
@@ -315,7 +316,11 @@ async fn client(opts: &HashMap<String, String>) -> Result<serde_json::Value, Box
         4 => None,
         n => return Err(format!("--scenario: no scenario {n}").into()),
     };
-    let max_idle = if scenario == 3 { 0 } else { concurrency.max(32) };
+    let max_idle = if scenario == 3 {
+        0
+    } else {
+        concurrency.max(32)
+    };
     let client = Impl::build(name, proxy, opt(opts, "ca"), max_idle)?;
 
     let start_usage = rusage();
@@ -428,11 +433,8 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         for _ in 0..per_origin {
             let (client, url, together) = (client.clone(), url.clone(), together.clone());
             tasks.spawn(async move {
-                tokio::time::timeout_at(
-                    deadline.into(),
-                    client.get_together(&url, Some(&together)),
-                )
-                .await
+                tokio::time::timeout_at(deadline.into(), client.get_together(&url, Some(&together)))
+                    .await
             });
         }
         while let Some(r) = tasks.join_next().await {
@@ -460,7 +462,11 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
         Impl::Egress(_, outbound) => Some(outbound.pool_stats().idle_connections),
         Impl::Reqwest(_) => None,
     };
-    let open = if proxy_port > 0 { Some(established_to(proxy_port)) } else { None };
+    let open = if proxy_port > 0 {
+        Some(established_to(proxy_port))
+    } else {
+        None
+    };
     let result = serde_json::json!({
         "impl": name,
         "origins": origins,
@@ -518,7 +524,11 @@ fn spawn(args: &[String]) -> ! {
         std::process::exit(1);
     }
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
     println!(
         "{}",
         serde_json::json!({

@@ -48,7 +48,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .json()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::CLOSE)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .with_writer(std::io::stderr)
         .init();
 

@@ -100,17 +100,19 @@ struct State {
 
 impl State {
     /// Removes idle connections of `key` that `keep` refuses, and the key
-    /// once empty; keeps the count by route.
-    fn prune(&mut self, key: &PoolKey, keep: impl FnMut(&Idle) -> bool) {
+    /// once empty; keeps the count by route. How many it removed.
+    fn prune(&mut self, key: &PoolKey, keep: impl FnMut(&Idle) -> bool) -> usize {
         let Some(list) = self.idle.get_mut(key) else {
-            return;
+            return 0;
         };
         let before = list.len();
         list.retain(keep);
-        self.idle_by_route[slot(key.kind)] -= before - list.len();
+        let removed = before - list.len();
+        self.idle_by_route[slot(key.kind)] -= removed;
         if list.is_empty() {
             self.idle.remove(key);
         }
+        removed
     }
 }
 
@@ -236,7 +238,7 @@ impl Pool {
             let mut candidate = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                state.prune(key, |c| {
+                let expired = state.prune(key, |c| {
                     !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
                 });
                 let list = state.idle.get_mut(key);
@@ -245,7 +247,9 @@ impl Pool {
                     state.idle_by_route[slot(key.kind)] -= 1;
                     state.prune(key, |_| true);
                 }
-                self.gauge(&state, key.kind);
+                if expired > 0 || candidate.is_some() {
+                    self.gauge(&state, key.kind);
+                }
                 candidate?
             };
             if candidate.sender.is_ready() {

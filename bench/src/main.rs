@@ -165,19 +165,48 @@ fn egress_settings(proxy: Option<&str>) -> Result<egress::ProxySettings, BoxErro
 /// write).
 #[cfg(feature = "obs")]
 fn observe() -> Result<(), BoxError> {
-    let buckets: Vec<f64> = (0..15).map(|i| 0.001 * 2f64.powi(i)).collect();
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&buckets)?
-        .install_recorder()?;
-    let _ = PROMETHEUS.set(handle);
-    tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(std::io::sink)
-        .init();
+    use tracing_subscriber::fmt::format::FmtSpan;
+    // EGRESS_BENCH_OBS picks a part, to find where the cost is: `metrics`,
+    // `spans` (the JSON lines), `spans-fmt` (the default text format, no
+    // line per span), `registry` (spans kept, no output: what a layer that
+    // formats nothing eagerly, such as an OpenTelemetry exporter's, adds to
+    // the registry), `metrics+registry` (the default: a real recorder and a
+    // subscriber at info), `metrics+fmt`, `metrics+spans`.
+    let part = std::env::var("EGRESS_BENCH_OBS").unwrap_or_default();
+    let (metrics_on, spans) = match part.split_once('+') {
+        Some(("metrics", spans)) => (true, spans.to_owned()),
+        _ if part == "metrics" => (true, String::new()),
+        _ if part.is_empty() => (true, "registry".to_owned()),
+        _ => (false, part.clone()),
+    };
+    if metrics_on {
+        let buckets: Vec<f64> = (0..15).map(|i| 0.001 * 2f64.powi(i)).collect();
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&buckets)?
+            .install_recorder()?;
+        let _ = PROMETHEUS.set(handle);
+    }
+    let info = tracing_subscriber::filter::LevelFilter::INFO;
+    match spans.as_str() {
+        "spans" => tracing_subscriber::fmt()
+            .json()
+            .with_max_level(info)
+            .with_span_events(FmtSpan::CLOSE)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::sink)
+            .init(),
+        "spans-fmt" | "fmt" => tracing_subscriber::fmt()
+            .with_max_level(info)
+            .with_writer(std::io::sink)
+            .init(),
+        "registry" => {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            let subscriber = tracing_subscriber::registry().with(info);
+            tracing::subscriber::set_global_default(subscriber)?;
+        }
+        _ => {}
+    }
     Ok(())
 }
 

@@ -16,7 +16,6 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tracing::Instrument as _;
 
 pub use self::body::Body;
 pub use self::outbound::{Outbound, OutboundBuilder};
@@ -197,13 +196,25 @@ impl Client {
             &target,
             attempt,
         );
-        let mut ended = span::Ended::new(span.clone(), deadline);
+        let mut ended = span::Ended::new(span, deadline);
+        let span = ended.span();
         let mut meter = Meter::start(&shared.instruments, self.purpose, kind, deadline);
         let up = http_body::Body::size_hint(request.body())
             .exact()
             .unwrap_or(0);
-        let exchange = self.exchange(request, &route, &target, &uri, connect_to, attempt);
-        match exchange.instrument(span).await {
+        // The span is the events' explicit parent rather than entered at
+        // every poll of the exchange (`Instrument`): the same tree, for the
+        // cost of creating and closing it only.
+        match connect_to {
+            Some((host, port)) => {
+                tracing::debug!(target: "egress::wire", parent: span, "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
+            }
+            None => {
+                tracing::debug!(target: "egress::wire", parent: span, "* {} {uri}: {}", self.purpose, route.explain())
+            }
+        }
+        let exchange = self.exchange(request, &route, &target, attempt, span);
+        match exchange.await {
             Ok((response, ret)) => {
                 meter.response(response.status().as_u16(), up);
                 ended.status(response.status().as_u16());
@@ -225,18 +236,9 @@ impl Client {
         mut request: Request<RequestBody>,
         route: &Route<'_>,
         target: &Target<'_>,
-        uri: &Uri,
-        connect_to: Option<(&str, u16)>,
         attempt: usize,
+        span: &tracing::Span,
     ) -> Result<(Response<hyper::body::Incoming>, Return), Error> {
-        match connect_to {
-            Some((host, port)) => {
-                tracing::debug!(target: "egress::wire", "* {} {uri} via {host}:{port}: {}", self.purpose, route.explain())
-            }
-            None => {
-                tracing::debug!(target: "egress::wire", "* {} {uri}: {}", self.purpose, route.explain())
-            }
-        }
         let key = PoolKey::new(route, target);
         prepare(&mut request, route, target);
 
@@ -244,18 +246,18 @@ impl Client {
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => {
-                tracing::debug!(?key, "reusing a pooled connection");
+                tracing::debug!(parent: span, ?key, "reusing a pooled connection");
                 sender
             }
             None => self.new_connection(route, target, &key).await?,
         };
         if let Route::Forward { proxy, .. } = route {
-            tracing::debug!(target: "egress::wire", "> {} {} {:?}", request.method(), request.uri(), request.version());
+            tracing::debug!(target: "egress::wire", parent: span, "> {} {} {:?}", request.method(), request.uri(), request.version());
             if let Some(credentials) = proxy.credentials() {
-                tracing::debug!(target: "egress::wire", "> Proxy-Authorization: Basic *** (user {})", credentials.user());
+                tracing::debug!(target: "egress::wire", parent: span, "> Proxy-Authorization: Basic *** (user {})", credentials.user());
             }
         } else {
-            tracing::debug!(target: "egress::wire", "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
+            tracing::debug!(target: "egress::wire", parent: span, "> {} {} {:?} (Host: {})", request.method(), request.uri(), request.version(),
                 request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default());
         }
         // A server may close a keep-alive connection between requests, and the
@@ -282,8 +284,8 @@ impl Client {
                         source: failed.into_error(),
                     });
                 };
-                tracing::debug!(?key, "the pooled connection ended before a response ({}): sending again on a new connection", failed.error());
-                tracing::Span::current().record("http.request.resend_count", attempt + 1);
+                tracing::debug!(parent: span, ?key, "the pooled connection ended before a response ({}): sending again on a new connection", failed.error());
+                span.record("http.request.resend_count", attempt + 1);
                 sender = self.new_connection(route, target, &key).await?;
                 sender
                     .send_request(request)
@@ -294,7 +296,7 @@ impl Client {
                     })?
             }
         };
-        tracing::debug!(target: "egress::wire", "< {:?} {}", response.version(), response.status());
+        tracing::debug!(target: "egress::wire", parent: span, "< {:?} {}", response.version(), response.status());
         if let Route::Forward { proxy, .. } = route {
             // A forwarding proxy's own refusal: 407, or a 401 the proxy made
             // itself (tinyproxy does), told from an origin's 401 by the absence

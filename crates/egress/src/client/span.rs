@@ -16,7 +16,7 @@
 use std::fmt;
 
 use http::{Method, Uri};
-use tracing::field::{display, Empty};
+use tracing::field::Empty;
 use tracing::Span;
 
 use crate::connect::Target;
@@ -37,31 +37,33 @@ pub(crate) fn request(
     target: &Target<'_>,
     attempt: usize,
 ) -> Span {
-    let span = tracing::info_span!(
-        target: "egress::client",
-        NAME,
-        otel.name = method.as_str(),
-        otel.kind = "client",
-        http.request.method = method.as_str(),
-        server.address = unbracket(target.host),
-        server.port = target.port,
-        url.full = %UrlFull(uri),
-        egress.purpose = purpose.name(),
-        egress.route = kind.as_str(),
-        egress.proxy = Empty,
-        http.request.resend_count = Empty,
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    if !span.is_disabled() {
-        if let Some(proxy) = route.proxy() {
-            span.record("egress.proxy", display(proxy));
-        }
-        if attempt > 0 {
-            span.record("http.request.resend_count", attempt);
-        }
+    // Every field known now is given now: a subscriber that formats fields
+    // (tracing-subscriber's fmt and JSON layers) pays again for each
+    // `record`, the JSON one by parsing what it formatted before.
+    macro_rules! span {
+        ($($proxy:tt)*) => {
+            tracing::info_span!(
+                target: "egress::client",
+                NAME,
+                otel.name = method.as_str(),
+                otel.kind = "client",
+                http.request.method = method.as_str(),
+                server.address = unbracket(target.host),
+                server.port = target.port,
+                url.full = %UrlFull(uri),
+                egress.purpose = purpose.name(),
+                egress.route = kind.as_str(),
+                $($proxy)*
+                http.request.resend_count = if attempt > 0 { Some(attempt) } else { None },
+                http.response.status_code = Empty,
+                error.type = Empty,
+            )
+        };
     }
-    span
+    match route.proxy() {
+        Some(proxy) => span!(egress.proxy = %proxy,),
+        None => span!(),
+    }
 }
 
 /// Records how the exchange ended; dropped before that (the request's time
@@ -80,6 +82,11 @@ impl Ended {
             deadline,
             recorded: false,
         }
+    }
+
+    /// The span, as the parent of the exchange's events.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
     }
 
     pub(crate) fn status(&mut self, status: u16) {

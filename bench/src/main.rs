@@ -16,7 +16,9 @@
 //! Both print one JSON object on stdout. Scenarios: 1 `http://` through the
 //! proxy (forward, keep-alive), 2 `https://` through CONNECT with pooled
 //! tunnels, 3 `https://` with a new tunnel per request (pooling off:
-//! `max_idle_per_key(0)` / `pool_max_idle_per_host(0)`), 4 direct (no proxy).
+//! `max_idle_per_key(0)` / `pool_max_idle_per_host(0)`), 4 direct (no proxy),
+//! 5 direct with a new connection per request (pooling off; the harness
+//! points it at HAProxy's `mode tcp` relay, the floor of scenario 3).
 //! Only loopback URLs are accepted.
 
 use std::collections::HashMap;
@@ -342,10 +344,10 @@ async fn client(opts: &HashMap<String, String>) -> Result<serde_json::Value, Box
     check_loopback(&url)?;
     let proxy = match scenario {
         1..=3 => Some(opt(opts, "proxy")),
-        4 => None,
+        4 | 5 => None,
         n => return Err(format!("--scenario: no scenario {n}").into()),
     };
-    let max_idle = if scenario == 3 {
+    let max_idle = if scenario == 3 || scenario == 5 {
         0
     } else {
         concurrency.max(32)

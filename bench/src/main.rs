@@ -532,14 +532,25 @@ async fn idle(opts: &HashMap<String, String>) -> Result<serde_json::Value, BoxEr
 /// process is the parent so that the child's `ru_maxrss` is not inflated by
 /// the big orchestrator's pre-`exec` RSS.
 fn spawn(args: &[String]) -> ! {
+    // `--keep-stdout`: the child's stdout comes first (wrk's report), then
+    // the JSON line; otherwise it goes to /dev/null (curl's bodies).
+    let (keep, args) = match args.strip_prefix(&["--keep-stdout".to_owned()]) {
+        Some(rest) => (true, rest),
+        None => (false, args),
+    };
     let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
     let Some((program, rest)) = args.split_first() else {
         usage("spawn: missing command");
     };
     let started = Instant::now();
+    let stdout = if keep {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
     let child = std::process::Command::new(program)
         .args(rest)
-        .stdout(std::process::Stdio::null())
+        .stdout(stdout)
         .spawn()
         .unwrap_or_else(|e| {
             eprintln!("egress-bench: spawn {program}: {e}");

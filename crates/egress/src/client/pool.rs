@@ -98,24 +98,6 @@ struct State {
     reaping: bool,
 }
 
-impl State {
-    /// Removes idle connections of `key` that `keep` refuses, and the key
-    /// once empty; keeps the count by route. How many it removed.
-    fn prune(&mut self, key: &PoolKey, keep: impl FnMut(&Idle) -> bool) -> usize {
-        let Some(list) = self.idle.get_mut(key) else {
-            return 0;
-        };
-        let before = list.len();
-        list.retain(keep);
-        let removed = before - list.len();
-        self.idle_by_route[slot(key.kind)] -= removed;
-        if list.is_empty() {
-            self.idle.remove(key);
-        }
-        removed
-    }
-}
-
 /// The index of a pooled route kind (a refused route has no connection).
 fn slot(kind: RouteKind) -> usize {
     match kind {
@@ -237,17 +219,25 @@ impl Pool {
         loop {
             let mut candidate = {
                 let mut state = self.lock();
+                let State {
+                    idle,
+                    idle_by_route,
+                    ..
+                } = &mut *state;
+                // One lookup, and one more to remove the key with its last connection.
+                let list = idle.get_mut(key)?;
                 let now = Instant::now();
-                let expired = state.prune(key, |c| {
+                let before = list.len();
+                list.retain(|c| {
                     !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
                 });
-                let list = state.idle.get_mut(key);
-                let candidate = list.and_then(Vec::pop);
-                if candidate.is_some() {
-                    state.idle_by_route[slot(key.kind)] -= 1;
-                    state.prune(key, |_| true);
+                let candidate = list.pop();
+                let taken = before - list.len();
+                if list.is_empty() {
+                    idle.remove(key);
                 }
-                if expired > 0 || candidate.is_some() {
+                idle_by_route[slot(key.kind)] -= taken;
+                if taken > 0 {
                     self.gauge(&state, key.kind);
                 }
                 candidate?

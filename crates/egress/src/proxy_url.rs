@@ -115,6 +115,10 @@ pub struct ProxyUrl {
     host: Host,
     port: u16,
     pub(crate) credentials: Option<Credentials>,
+    /// `scheme://host:port#user`, made once: what the connection pool keys
+    /// a proxy's connections by (shared, so a request's key costs no
+    /// formatting). Never the password.
+    pool_id: std::sync::Arc<str>,
 }
 
 impl ProxyUrl {
@@ -146,12 +150,21 @@ impl ProxyUrl {
         };
         let credentials = userinfo.map(parse_userinfo).transpose()?;
         let (host, port) = parse_host_port(host_port)?;
+        let port = port.unwrap_or(DEFAULT_PROXY_PORT);
+        let user = credentials.as_ref().map_or("", |c: &Credentials| c.user());
+        let pool_id = format!("{}://{host}:{port}#{user}", scheme.as_str()).into();
         Ok(ProxyUrl {
             scheme,
             host,
-            port: port.unwrap_or(DEFAULT_PROXY_PORT),
+            port,
             credentials,
+            pool_id,
         })
+    }
+
+    /// The pool's identity of this proxy (`scheme://host:port#user`).
+    pub(crate) fn pool_id(&self) -> &std::sync::Arc<str> {
+        &self.pool_id
     }
 
     /// `http` (plain TCP to the proxy) or `https` (TLS to the proxy).

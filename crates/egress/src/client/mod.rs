@@ -384,10 +384,11 @@ fn prepare(request: &mut Request<RequestBody>, route: &Route<'_>, target: &Targe
             }
         }
         _ => {
-            let origin_form = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            *request.uri_mut() = origin_form
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/"));
+            // The origin form: the URL's path and query, shared, not parsed again.
+            *request.uri_mut() = match uri.into_parts().path_and_query {
+                Some(path) if path.as_str().starts_with('/') => Uri::from(path),
+                _ => Uri::from_static("/"),
+            };
         }
     }
 }

@@ -22,34 +22,37 @@ use crate::purpose::TlsKind;
 use crate::{Route, Scheme};
 
 /// What a pooled connection is for: the same key means the same path.
+/// Made for every request, so it formats nothing: the proxy's identity is
+/// shared with the settings, the host and TLS name are copied once each.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     /// Direct, forward or tunnel.
     kind: RouteKind,
-    /// The proxy (`scheme://host:port`, no credentials), if any.
-    proxy: Option<String>,
-    /// The origin, except for forwarding (shared across origins).
-    origin: Option<String>,
-    /// TLS name and rules, when the origin is reached over TLS.
-    tls: Option<(String, TlsKind)>,
+    /// The proxy (`scheme://host:port#user`, never the password), if any.
+    /// Forwarding connections carry the user's credentials on every request.
+    proxy: Option<Arc<str>>,
+    /// The origin's host and port, except for forwarding (shared across origins).
+    origin: Option<(Box<str>, u16)>,
+    /// TLS rules when the origin is reached over TLS, and the name TLS
+    /// verifies when it is not the host (federation's server name).
+    tls: Option<(TlsKind, Option<Box<str>>)>,
 }
 
 impl PoolKey {
     pub(crate) fn new(route: &Route<'_>, target: &Target<'_>) -> PoolKey {
-        let proxy = route
-            .proxy()
-            .map(|p| format!("{}://{}:{}", p.scheme().as_str(), p.host(), p.port()));
-        let origin = || Some(crate::connect::authority(target.host, target.port));
+        let proxy = route.proxy().map(|p| p.pool_id().clone());
+        let origin = || Some((Box::from(target.host), target.port));
         let tls = || match target.scheme {
-            Scheme::Https => Some((target.server_name.to_owned(), target.tls)),
+            Scheme::Https => Some((
+                target.tls,
+                (target.server_name != target.host).then(|| Box::from(target.server_name)),
+            )),
             Scheme::Http => None,
         };
         match route {
-            Route::Forward { proxy: p, .. } => PoolKey {
+            Route::Forward { .. } => PoolKey {
                 kind: RouteKind::Forward,
-                // Credentials are part of what the proxy sees on every request.
-                proxy: proxy
-                    .map(|s| format!("{s}#{}", p.credentials().map(|c| c.user()).unwrap_or(""))),
+                proxy,
                 origin: None,
                 tls: None,
             },
@@ -77,7 +80,7 @@ impl PoolKey {
     pub(crate) fn peer(&self) -> String {
         match (&self.proxy, &self.origin) {
             (Some(proxy), None) => format!("proxy {}", proxy.split('#').next().unwrap_or_default()),
-            (_, Some(origin)) => origin.clone(),
+            (_, Some((host, port))) => crate::connect::authority(host, *port),
             (None, None) => "?".to_owned(),
         }
     }

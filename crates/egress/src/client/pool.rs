@@ -6,7 +6,9 @@
 //! Memory stays bounded over a server's lifetime: at most
 //! `max_idle_per_key` idle connections per key, each dropped after
 //! `idle_timeout` by a reaper task that runs only while something is idle,
-//! and a key is removed with its last connection.
+//! and a key with no idle connection left is removed at the reaper's next
+//! round (every quarter of `idle_timeout`, at most 30 s), unless its
+//! connection came back meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,7 +207,7 @@ impl Pool {
         let idle_connections = state.idle.values().map(Vec::len).sum();
         PoolStats {
             idle_connections,
-            keys: state.idle.len(),
+            keys: state.idle.values().filter(|l| !l.is_empty()).count(),
             // Read under the lock, after the idle count; a connection that
             // closes in between is at most momentarily missing from both.
             busy_connections: self
@@ -227,7 +229,10 @@ impl Pool {
                     idle_by_route,
                     ..
                 } = &mut *state;
-                // One lookup, and one more to remove the key with its last connection.
+                // One lookup. A key whose last idle connection is taken stays,
+                // empty, for its connection's return (no second lookup, no new
+                // allocation); the reaper removes it at its next round if
+                // nothing came back.
                 let list = idle.get_mut(key)?;
                 let now = Instant::now();
                 let before = list.len();
@@ -236,9 +241,6 @@ impl Pool {
                 });
                 let candidate = list.pop();
                 let taken = before - list.len();
-                if list.is_empty() {
-                    idle.remove(key);
-                }
                 idle_by_route[slot(key.kind)] -= taken;
                 if taken > 0 {
                     self.gauge(&state, key.kind);

@@ -239,7 +239,7 @@ impl Client {
         attempt: usize,
         span: &tracing::Span,
     ) -> Result<(Response<hyper::body::Incoming>, Return), Error> {
-        let key = PoolKey::new(route, target);
+        let key = PoolKey::new(route, target, &self.outbound.pool);
         prepare(&mut request, route, target);
 
         let pooled = self.outbound.pool.checkout(&key).await;

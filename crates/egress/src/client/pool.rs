@@ -26,8 +26,17 @@ use crate::{Route, Scheme};
 /// What a pooled connection is for: the same key means the same path.
 /// Made for every request, so it formats nothing: the proxy's identity is
 /// shared with the settings, the host and TLS name are copied once each.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Hashed once, when made, with the pool's random keys: the map's lookups
+/// (checkout and return) reuse that hash.
+#[derive(Clone, Debug)]
 pub(crate) struct PoolKey {
+    /// The hash of the fields below (`Pool::hasher`).
+    hash: u64,
+    fields: KeyFields,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct KeyFields {
     /// Direct, forward or tunnel.
     kind: RouteKind,
     /// The proxy (`scheme://host:port#user`, never the password), if any.
@@ -40,8 +49,67 @@ pub(crate) struct PoolKey {
     tls: Option<(TlsKind, Option<Box<str>>)>,
 }
 
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &PoolKey) -> bool {
+        self.hash == other.hash && self.fields == other.fields
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The map's hasher: the key's hash is already a keyed SipHash, taken as it is.
+#[derive(Clone, Copy, Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (PoolKey's Hash); anything else still hashes.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<PoolKey, V, std::hash::BuildHasherDefault<Prehashed>>;
+
 impl PoolKey {
-    pub(crate) fn new(route: &Route<'_>, target: &Target<'_>) -> PoolKey {
+    pub(crate) fn new(route: &Route<'_>, target: &Target<'_>, pool: &Pool) -> PoolKey {
+        let fields = KeyFields::new(route, target);
+        PoolKey {
+            hash: std::hash::BuildHasher::hash_one(&pool.hasher, &fields),
+            fields,
+        }
+    }
+
+    /// Direct, forward or tunnel.
+    pub(crate) fn kind(&self) -> RouteKind {
+        self.fields.kind
+    }
+
+    /// The origin or the proxy, for messages.
+    pub(crate) fn peer(&self) -> String {
+        match (&self.fields.proxy, &self.fields.origin) {
+            (Some(proxy), None) => format!("proxy {}", proxy.split('#').next().unwrap_or_default()),
+            (_, Some((host, port))) => crate::connect::authority(host, *port),
+            (None, None) => "?".to_owned(),
+        }
+    }
+}
+
+impl KeyFields {
+    fn new(route: &Route<'_>, target: &Target<'_>) -> KeyFields {
         let proxy = route.proxy().map(|p| p.pool_id().clone());
         let origin = || Some((Box::from(target.host), target.port));
         let tls = || match target.scheme {
@@ -52,38 +120,24 @@ impl PoolKey {
             Scheme::Http => None,
         };
         match route {
-            Route::Forward { .. } => PoolKey {
+            Route::Forward { .. } => KeyFields {
                 kind: RouteKind::Forward,
                 proxy,
                 origin: None,
                 tls: None,
             },
-            Route::Tunnel { .. } => PoolKey {
+            Route::Tunnel { .. } => KeyFields {
                 kind: RouteKind::Tunnel,
                 proxy,
                 origin: origin(),
                 tls: tls(),
             },
-            _ => PoolKey {
+            _ => KeyFields {
                 kind: RouteKind::Direct,
                 proxy: None,
                 origin: origin(),
                 tls: tls(),
             },
-        }
-    }
-
-    /// Direct, forward or tunnel.
-    pub(crate) fn kind(&self) -> RouteKind {
-        self.kind
-    }
-
-    /// The origin or the proxy, for messages.
-    pub(crate) fn peer(&self) -> String {
-        match (&self.proxy, &self.origin) {
-            (Some(proxy), None) => format!("proxy {}", proxy.split('#').next().unwrap_or_default()),
-            (_, Some((host, port))) => crate::connect::authority(host, *port),
-            (None, None) => "?".to_owned(),
         }
     }
 }
@@ -95,7 +149,7 @@ struct Idle {
 
 #[derive(Default)]
 struct State {
-    idle: HashMap<PoolKey, Vec<Idle>>,
+    idle: KeyMap<Vec<Idle>>,
     /// Idle connections by route kind (direct, forward, tunnel), for the
     /// pool gauges.
     idle_by_route: [usize; 3],
@@ -123,6 +177,8 @@ pub(crate) struct Pool {
     /// handshake until the connection's task ends.
     open: Arc<[AtomicUsize; 3]>,
     instruments: Arc<Instruments>,
+    /// The random keys the pool keys are hashed with.
+    hasher: std::hash::RandomState,
 }
 
 /// Counts one open connection for as long as it lives (held by the
@@ -172,6 +228,7 @@ impl Pool {
             idle_timeout,
             open: Arc::default(),
             instruments,
+            hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -241,9 +298,9 @@ impl Pool {
                 });
                 let candidate = list.pop();
                 let taken = before - list.len();
-                idle_by_route[slot(key.kind)] -= taken;
+                idle_by_route[slot(key.kind())] -= taken;
                 if taken > 0 {
-                    self.gauge(&state, key.kind);
+                    self.gauge(&state, key.kind());
                 }
                 candidate?
             };
@@ -266,7 +323,7 @@ impl Pool {
             return;
         }
         let mut state = self.lock();
-        let kind = key.kind;
+        let kind = key.kind();
         let list = state.idle.entry(key).or_default();
         if list.len() >= self.max_idle_per_key {
             return;
@@ -294,7 +351,7 @@ impl Pool {
             list.retain(|c| {
                 !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
             });
-            by_route[slot(key.kind)] += list.len();
+            by_route[slot(key.kind())] += list.len();
             !list.is_empty()
         });
         if by_route != state.idle_by_route {

@@ -85,7 +85,8 @@ fn status_class(status: u16) -> (usize, &'static str) {
     }
 }
 
-/// The `list` label: which of Synapse's blocklists refused an address.
+/// The `list` label: which of Synapse's blocklists refused an address (also
+/// serve's listener policy names, `serve::policy_name`).
 pub(crate) fn list_name(kind: BlocklistKind) -> &'static str {
     match kind {
         BlocklistKind::General => "general",

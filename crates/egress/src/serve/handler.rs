@@ -103,9 +103,7 @@ impl Pending {
 pub(crate) fn emit(state: &State, record: &RequestLog, label: &'static str) {
     state.metrics.count(record.decision.as_str(), label);
     if label == "ip_blocked" {
-        state
-            .metrics
-            .refused(crate::instruments::list_name(record.policy));
+        state.metrics.refused(super::policy_name(record.policy));
     }
     state.metrics.bytes(record.bytes_up, record.bytes_down);
     if let Some(on_request) = &state.config.on_request {

@@ -331,11 +331,8 @@ impl ServePolicy {
 
 /// The name of a listener policy, as written after `=` in `--listen`.
 pub fn policy_name(kind: BlocklistKind) -> &'static str {
-    match kind {
-        BlocklistKind::General => "general",
-        BlocklistKind::Federation => "federation",
-        BlocklistKind::UrlPreview => "url_preview",
-    }
+    // The same names as the client's `list` metric label.
+    crate::instruments::list_name(kind)
 }
 
 #[cfg(test)]
